@@ -1,0 +1,41 @@
+"""onebert: a fast, from-scratch BERT toolkit.
+
+The top-level names load lazily, so `import onebert` (and `onebert --help`) does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "BertConfig": "onebert.config",
+    "PRESETS": "onebert.config",
+    "OneBertError": "onebert.errors",
+    "BertModel": "onebert.model",
+    "BertForPreTraining": "onebert.model",
+    "BertForMaskedLM": "onebert.model",
+    "BertForSequenceClassification": "onebert.model",
+    "BertForTokenClassification": "onebert.model",
+    "BertForQuestionAnswering": "onebert.model",
+    "ModelOutput": "onebert.model",
+    "Tokenizer": "onebert.tokenizer",
+    "pipeline": "onebert.pipeline",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onebert' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,3 @@
+from onebert.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""`onebert <command>`: argument parsing and error reporting only; the work lives in the packages.
+
+Each command is a module in `onebert.commands` with `HELP`, `add_arguments(parser)` and
+`run(args)`; modules import torch and friends inside `run`, so `onebert --help` stays fast.
+Every command accepts `--config FILE` (YAML, TOML or JSON): its keys are the long option names
+(dashes or underscores), and options given on the command line override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from onebert.errors import OneBertError
+
+COMMANDS: dict[str, str] = {
+    "demo": "onebert.commands.demo",
+    "info": "onebert.commands.info",
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog="onebert",
+        description="Pretrain, fine-tune, evaluate and run BERT models. "
+                    "Run `onebert COMMAND --help` for a command's options.")
+    from onebert import __version__
+
+    parser.add_argument("--version", action="version", version=f"onebert {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers: dict[str, argparse.ArgumentParser] = {}
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command_parser.add_argument("--config", metavar="FILE", default=None,
+                                    help="YAML/TOML/JSON file of option values; command-line options override it")
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module)
+        subparsers[name] = command_parser
+    return parser, subparsers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.config:
+            command_parser = subparsers[args.command]
+            command_parser.set_defaults(**load_option_file(args.config, command_parser))
+            args = parser.parse_args(argv)
+        result = args._module.run(args)
+    except OneBertError as exc:
+        print(f"onebert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"onebert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+def load_option_file(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read option values from a file and check each key and value against `parser`'s options."""
+    file = Path(path)
+    if not file.is_file():
+        raise OneBertError(f"{file}: no such config file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - the parsers raise many types; all mean "bad file"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OneBertError(f"{file}: cannot parse: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OneBertError(f"{file}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "_module")}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            import difflib
+
+            close = difflib.get_close_matches(dest, list(actions), n=1)
+            hint = f" (did you mean '{close[0].replace('_', '-')}'?)" if close else ""
+            raise OneBertError(f"{file}: unknown option '{key}'{hint}")
+        values[dest] = _coerce(file, key, value, action)
+    return values
+
+
+def _coerce(file: Path, key: str, value: Any, action: argparse.Action) -> Any:
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise OneBertError(f"{file}: option '{key}' must be true or false, got {value!r}")
+        return value
+    convert = action.type
+    try:
+        if action.nargs in ("*", "+") and isinstance(value, list):
+            value = [convert(v) if convert and not isinstance(v, bool) else v for v in value]
+        elif convert is not None and value is not None:
+            value = convert(value if isinstance(value, str) else value) if not isinstance(value, bool) else value
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        raise OneBertError(f"{file}: option '{key}': invalid value {value!r} ({exc})") from None
+    if action.choices is not None and value is not None and value not in action.choices:
+        raise OneBertError(f"{file}: option '{key}' must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""BertConfig: the model's shape, with HuggingFace's field names so config.json files travel both ways."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onebert.errors import OneBertError
+
+CONFIG_NAME = "config.json"
+
+# Fields transformers writes into a BERT config.json that do not change the BERT encoder we build.
+# They are accepted (and kept for the round trip when they carry information, see `extra`),
+# so that real checkpoints load; anything else is a typo and is refused.
+_KNOWN_FOREIGN_FIELDS = {
+    "architectures", "model_type", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
+    "gradient_checkpointing", "use_cache", "position_embedding_type", "classifier_dropout",
+    "id2label", "label2id", "problem_type", "finetuning_task", "output_past", "return_dict",
+    "output_hidden_states", "output_attentions", "is_decoder", "add_cross_attention",
+    "tie_word_embeddings", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
+    "directionality", "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers",
+    "pooler_size_per_head", "pooler_type", "chunk_size_feed_forward", "layer_norm_epsilon",
+    "num_labels", "tokenizer_class", "prefix", "task_specific_params", "embedding_size",
+    "onebert",
+}
+
+_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+
+@dataclass
+class BertConfig:
+    """The encoder's hyperparameters (defaults are bert-base-uncased's)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    # Task heads. `num_labels` sizes the classifier; id2label names the classes in the order of the
+    # logits. problem_type follows transformers: single_label_classification, regression, ...
+    num_labels: int = 2
+    id2label: dict[int, str] | None = None
+    problem_type: str | None = None
+    classifier_dropout: float | None = None
+    # onebert's own metadata (task name, QA null threshold, ...), saved under the "onebert" key.
+    onebert: dict[str, Any] = field(default_factory=dict)
+    # Foreign fields we do not interpret, kept so a config written back equals the one read.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "config") -> None:
+        """Refuse shapes no model can have, naming the field: a bad config must not become a bad model."""
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise OneBertError(f"{source}: field '{name}' must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise OneBertError(
+                f"{source}: hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise OneBertError(f"{source}: field '{name}' must be in [0, 1), got {value!r}")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
+            raise OneBertError(f"{source}: field 'layer_norm_eps' must be in (0, 1), got {self.layer_norm_eps!r}")
+        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range <= 0:
+            raise OneBertError(f"{source}: field 'initializer_range' must be positive, got {self.initializer_range!r}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise OneBertError(f"{source}: field 'hidden_act' must be one of {', '.join(_ACTIVATIONS)}, "
+                               f"got {self.hidden_act!r}")
+        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise OneBertError(f"{source}: field 'pad_token_id' must be an id below vocab_size, got {self.pad_token_id!r}")
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if sorted(self.id2label) != list(range(len(self.id2label))):
+                raise OneBertError(f"{source}: field 'id2label' must map 0..N-1 to names, got keys {sorted(self.id2label)}")
+            self.num_labels = len(self.id2label)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in (self.id2label or {}).items()}
+
+    # ---------------------------------------------------------------- presets
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "BertConfig":
+        if name not in PRESETS:
+            raise OneBertError(f"unknown model preset '{name}': choose one of {', '.join(PRESETS)} "
+                               "or give a config.json")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    # ---------------------------------------------------------------- json
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name in ("extra",):
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("id2label", "problem_type", "classifier_dropout") and value is None:
+                continue
+            if f.name == "onebert" and not value:
+                continue
+            out[f.name] = value
+        if self.id2label is not None:
+            out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+            out["label2id"] = self.label2id
+        out["model_type"] = "bert"
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "BertConfig":
+        if not isinstance(data, dict):
+            raise OneBertError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        own = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in own:
+                kwargs[key] = value
+            elif key in _KNOWN_FOREIGN_FIELDS:
+                if key not in ("label2id",):
+                    extra[key] = value
+            else:
+                close = _closest(key, own)
+                hint = f" (did you mean '{close}'?)" if close else ""
+                raise OneBertError(f"{source}: unknown field '{key}'{hint}")
+        if "model_type" in data and data["model_type"] != "bert":
+            raise OneBertError(f"{source}: model_type is '{data['model_type']}', onebert reads BERT configs only")
+        if data.get("position_embedding_type", "absolute") != "absolute":
+            raise OneBertError(f"{source}: position_embedding_type '{data['position_embedding_type']}' "
+                               "is not supported (only 'absolute', as in BERT)")
+        for key in ("model_type",):
+            extra.pop(key, None)
+        if "id2label" in kwargs and "num_labels" not in kwargs and kwargs["id2label"]:
+            kwargs["num_labels"] = len(kwargs["id2label"])
+        try:
+            config = cls(**kwargs, extra=extra)
+        except TypeError as exc:  # pragma: no cover - guarded by the field check above
+            raise OneBertError(f"{source}: {exc}") from None
+        config.validate(source)
+        return config
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        from onebert.io_utils import atomic_write_text
+
+        path = Path(directory) / CONFIG_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BertConfig":
+        """Read a config.json (or the config.json inside a directory)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise OneBertError(f"{path}: no such config file (a model directory needs a config.json)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise OneBertError(f"{path}: not a UTF-8 text file") from None
+        except json.JSONDecodeError as exc:
+            raise OneBertError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> BertConfig:
+    """A preset name (tiny..large), a config.json, or a model directory."""
+    text = str(name_or_path)
+    if text in PRESETS:
+        return BertConfig.from_preset(text, **overrides)
+    path = Path(text)
+    if path.exists():
+        config = BertConfig.load(path)
+        return dataclasses.replace(config, **overrides) if overrides else config
+    raise OneBertError(f"model config '{text}': neither a preset ({', '.join(PRESETS)}) nor an existing file")
+
+
+def _closest(word: str, candidates: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def _preset(layers: int, hidden: int) -> BertConfig:
+    # The BERT miniatures (Turc et al., 2019) keep heads = hidden / 64 and the FFN at 4x hidden.
+    return BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                      intermediate_size=4 * hidden)
+
+
+PRESETS: dict[str, BertConfig] = {
+    "tiny": _preset(2, 128),
+    "mini": _preset(4, 256),
+    "small": _preset(4, 512),
+    "medium": _preset(8, 512),
+    "base": _preset(12, 768),
+    "large": _preset(24, 1024),
+}

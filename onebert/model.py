@@ -1,0 +1,562 @@
+"""The BERT encoder (Devlin et al., 2018) and its task heads, with transformers' parameter names.
+
+Read top to bottom: embeddings, self-attention, feed-forward, layer, encoder, pooler, then the
+model and one class per head. Parameter names copy `transformers.models.bert` exactly, so a
+state dict moves between the two as an identity mapping (see `onebert.weights`).
+
+Speed without a second code path: when a batch has padding, `BertModel` gathers the real tokens
+into a packed [tokens, hidden] tensor (`onebert.padding`) and every token-wise layer runs on that;
+attention alone sees the padded layout. The masked-LM head runs only at the labelled positions.
+Both apply through the ordinary forward call and are switched off with `model.set_unpadding(False)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onebert.config import BertConfig
+from onebert.padding import PaddingInfo, pad, padding_info, unpad
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns; fields that do not apply to a head stay None."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    # Pretraining / masked LM.
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None  # [B, S, V], only when no labels were given
+    masked_logits: torch.Tensor | None = None  # [N, V] at the labelled positions
+    masked_labels: torch.Tensor | None = None  # [N]
+    seq_relationship_logits: torch.Tensor | None = None
+    # Question answering.
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+
+def activation(name: str):
+    if name == "gelu":
+        return F.gelu  # the exact erf form, as BERT's TensorFlow code and transformers' "gelu"
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    return F.silu
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        embeddings = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+                      + self.position_embeddings(position_ids))
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, padding: PaddingInfo | None,
+                attention_mask: torch.Tensor | None) -> torch.Tensor:
+        # One GEMM for Q, K and V: the three weights are concatenated on the fly, which costs a
+        # copy of 3*H*H values and saves two passes over the activations.
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(hidden, weight, bias)
+        if padding is not None:  # packed tokens: attention needs [batch, seq] back
+            qkv = pad(qkv, padding)
+        batch, seq, _ = qkv.shape
+        qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], attn_mask=attention_mask,
+            dropout_p=self.dropout_prob if self.training else 0.0)
+        context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return unpad(context, padding) if padding is not None else context
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)  # post-LayerNorm, as in BERT
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden, padding, attention_mask):
+        return self.output(self.self(hidden, padding, attention_mask), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(hidden))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden, padding, attention_mask):
+        attended = self.attention(hidden, padding, attention_mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden, padding, attention_mask):
+        for layer in self.layer:
+            hidden = layer(hidden, padding, attention_mask)
+        return hidden
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(first_token))
+
+
+# ----------------------------------------------------------------------------- base class
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation and HuggingFace-layout loading/saving shared by every model class."""
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        self.apply(self._init_module)
+        self.tie_weights()
+
+    def _init_module(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BertLMPredictionHead):
+            nn.init.zeros_(module.bias)
+
+    def tie_weights(self) -> None:
+        """Heads with a decoder share it with the word embeddings; nothing to do elsewhere."""
+
+    def set_unpadding(self, enabled: bool) -> "BertPreTrainedModel":
+        """Run token-wise layers on real tokens only (default) or on the padded batch (for comparison)."""
+        encoder = self if isinstance(self, BertModel) else self.bert
+        encoder.use_unpadding = enabled
+        return self
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        params = {id(p): p for p in self.parameters()}  # tied weights count once
+        total = sum(p.numel() for p in params.values())
+        if exclude_embeddings:
+            encoder = self if isinstance(self, BertModel) else self.bert
+            total -= sum(p.numel() for p in encoder.embeddings.parameters())
+        return total
+
+    @classmethod
+    def from_pretrained(cls, directory, config: BertConfig | None = None, *,
+                        ignore_mismatched_heads: bool = False, **config_overrides: Any):
+        """Load a HuggingFace-layout directory (config.json + model.safetensors or pytorch_model.bin).
+
+        Head weights missing from the checkpoint are initialised and listed in
+        `model.load_report`; anything else missing, unexpected or mis-shaped is an error.
+        """
+        from onebert.weights import load_pretrained
+
+        return load_pretrained(cls, directory, config=config, ignore_mismatched_heads=ignore_mismatched_heads,
+                               **config_overrides)
+
+    def save_pretrained(self, directory) -> None:
+        from onebert.weights import save_pretrained
+
+        save_pretrained(self, directory)
+
+
+# ----------------------------------------------------------------------------- BertModel
+
+
+@dataclass
+class Encoded:
+    """The encoder's output as the heads want it: packed when unpadded, so heads skip pads too."""
+
+    hidden: torch.Tensor  # [tokens, H] when padding is not None, else [B, S, H]
+    padding: PaddingInfo | None
+    first_token: torch.Tensor  # [B, H], the [CLS] states
+
+    def padded(self) -> torch.Tensor:
+        return pad(self.hidden, self.padding) if self.padding is not None else self.hidden
+
+    def select(self, values: torch.Tensor) -> torch.Tensor:
+        """Bring a per-position tensor [B, S, ...] (labels, say) into the hidden state's layout."""
+        if self.padding is not None:
+            return unpad(values, self.padding)
+        return values.reshape(-1, *values.shape[2:])
+
+
+class BertModel(BertPreTrainedModel):
+    """The bare encoder: embeddings, N post-LayerNorm Transformer layers, and the [CLS] pooler."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.use_unpadding = True
+        if type(self) is BertModel:
+            self.init_weights()
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> Encoded:
+        batch, seq = input_ids.shape
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        padding = None
+        sdpa_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # Unpad only when position 0 is real in every row (right padding, the usual case),
+            # so the pooler's [CLS] is a packed token; otherwise use the padded path.
+            if self.use_unpadding and bool(attention_mask[:, 0].all()):
+                padding = padding_info(attention_mask)
+                sdpa_mask = padding.attention_mask
+            else:
+                sdpa_mask = attention_mask.bool()[:, None, None, :]
+        if padding is not None:
+            hidden = self.embeddings(unpad(input_ids, padding), unpad(token_type_ids, padding),
+                                     unpad(position_ids, padding))
+        else:
+            hidden = self.embeddings(input_ids, token_type_ids, position_ids)
+        hidden = self.encoder(hidden, padding, sdpa_mask)
+        if padding is not None:
+            lengths = attention_mask.sum(dim=1)
+            first_token = hidden.index_select(0, torch.cumsum(lengths, 0) - lengths)
+        else:
+            first_token = hidden[:, 0]
+        return Encoded(hidden, padding, first_token)
+
+    def pool(self, encoded: Encoded) -> torch.Tensor | None:
+        return self.pooler(encoded.first_token) if self.pooler is not None else None
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> ModelOutput:
+        encoded = self.encode(input_ids, attention_mask, token_type_ids)
+        return ModelOutput(last_hidden_state=encoded.padded(), pooler_output=self.pool(encoded))
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(hidden)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform -> decoder tied to the word embeddings, with a bias of its own."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(hidden), self.decoder.weight, self.bias)
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def _mean_or_normalised(loss_sum: torch.Tensor, count: torch.Tensor | int,
+                        normalizer: float | torch.Tensor | None) -> torch.Tensor:
+    """Sum / normalizer when the caller knows the whole (accumulated, global) batch's count.
+
+    Averaging per micro-batch weights each micro-batch equally whatever its number of masked
+    tokens, so accumulation would not equal one large batch; a global normaliser fixes that.
+    """
+    if normalizer is not None:
+        return loss_sum / normalizer
+    return loss_sum / (count if isinstance(count, int) else count.clamp(min=1))
+
+
+class _MaskedLMMixin:
+    """The masked-LM part shared by BertForPreTraining and BertForMaskedLM."""
+
+    def tie_weights(self) -> None:
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def _masked_lm(self, encoded: Encoded, labels: torch.Tensor | None, normalizer, output: ModelOutput):
+        head = self.cls.predictions
+        if labels is None:
+            output.prediction_logits = head(encoded.padded())
+            return None
+        flat_labels = encoded.select(labels)
+        selected = flat_labels != IGNORE_INDEX
+        masked_labels = flat_labels[selected]
+        # The 30k-way decoder only where a prediction is scored: ~15% of tokens, ~6x less work.
+        logits = head(encoded.hidden.reshape(-1, encoded.hidden.shape[-1])[selected])
+        output.masked_logits, output.masked_labels = logits, masked_labels
+        loss_sum = F.cross_entropy(logits.float(), masked_labels, reduction="sum")
+        output.mlm_loss = _mean_or_normalised(loss_sum, masked_labels.numel(), normalizer)
+        return output.mlm_loss
+
+
+class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
+    """Masked LM + next-sentence prediction; loss = MLM cross-entropy + NSP cross-entropy."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                next_sentence_label=None, mlm_normalizer=None, nsp_normalizer=None) -> ModelOutput:
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        pooled = self.bert.pool(encoded)
+        output = ModelOutput(pooler_output=pooled, seq_relationship_logits=self.cls.seq_relationship(pooled))
+        mlm_loss = self._masked_lm(encoded, labels, mlm_normalizer, output)
+        if next_sentence_label is not None:
+            nsp_sum = F.cross_entropy(output.seq_relationship_logits.float(), next_sentence_label.view(-1),
+                                      reduction="sum")
+            output.nsp_loss = _mean_or_normalised(nsp_sum, next_sentence_label.numel(), nsp_normalizer)
+        if mlm_loss is not None and output.nsp_loss is not None:
+            output.loss = mlm_loss + output.nsp_loss
+        return output
+
+
+class BertForMaskedLM(_MaskedLMMixin, BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                mlm_normalizer=None) -> ModelOutput:
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        output = ModelOutput()
+        output.loss = self._masked_lm(encoded, labels, mlm_normalizer, output)
+        if output.prediction_logits is not None:
+            output.logits = output.prediction_logits
+        return output
+
+
+def _classifier_dropout(config: BertConfig) -> float:
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """[CLS] pooled output -> dropout -> linear; cross-entropy, or MSE for regression (num_labels=1)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    @property
+    def is_regression(self) -> bool:
+        return self.config.problem_type == "regression" or (self.num_labels == 1 and self.config.problem_type is None)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        pooled = self.bert.pool(encoded)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            if self.is_regression:
+                loss = F.mse_loss(logits.float().view(-1), labels.float().view(-1))
+            elif self.config.problem_type == "multi_label_classification":
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        return ModelOutput(loss=loss, logits=logits, pooler_output=pooled)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        flat_logits = self.classifier(self.dropout(encoded.hidden))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(flat_logits.float().reshape(-1, self.num_labels), encoded.select(labels).view(-1),
+                                   ignore_index=IGNORE_INDEX)
+        logits = pad(flat_logits, encoded.padding) if encoded.padding is not None else flat_logits
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Start/end logits over the tokens. Pad positions get -inf-like logits so they never win or enter the loss."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if config.num_labels != 2 or config.id2label:
+            # transformers sizes qa_outputs by num_labels; a span head has exactly two (start, end).
+            config = dataclasses.replace(config, num_labels=2, id2label=None)
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None) -> ModelOutput:
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        logits = self.qa_outputs(encoded.hidden)
+        if encoded.padding is not None:
+            logits = pad(logits, encoded.padding)
+        if attention_mask is not None:
+            logits = logits.masked_fill(~attention_mask.bool()[..., None], torch.finfo(logits.dtype).min)
+        start_logits, end_logits = logits.float().unbind(dim=-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # As transformers: positions outside the sequence are clamped and ignored.
+            seq = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, seq)
+            end = end_positions.view(-1).clamp(0, seq)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=seq)
+                    + F.cross_entropy(end_logits, end, ignore_index=seq)) / 2
+        return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+MODEL_CLASSES: dict[str, type[BertPreTrainedModel]] = {
+    cls.__name__: cls for cls in (BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+                                  BertForTokenClassification, BertForQuestionAnswering)
+}
+
+
+def training_flops(config: BertConfig, lengths: torch.Tensor | list[int], masked_tokens: int) -> float:
+    """Model FLOPs of one forward + backward pass over real tokens only (padding excluded).
+
+    Per token, each weight does a multiply-add forward and two backward: 6 FLOPs per weight.
+    Attention adds QK^T and AV: 2 * 2 * L * H per token per layer forward (L = that sequence's
+    length), times 3 with the backward. The MLM head counts at the masked positions only,
+    since that is all that is useful work.
+    """
+    lengths_t = torch.as_tensor(lengths, dtype=torch.float64)
+    tokens = float(lengths_t.sum())
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer_weights = 4 * h * h + 2 * h * i
+    encoder = 6 * n * per_layer_weights * tokens
+    attention = 3 * 4 * n * h * float((lengths_t ** 2).sum())
+    mlm_head = 6 * (h * h + h * config.vocab_size) * masked_tokens
+    pooler_nsp = 6 * (h * h + 2 * h) * len(lengths_t)
+    return encoder + attention + mlm_head + pooler_nsp
+
+
+def inference_flops(config: BertConfig, lengths: torch.Tensor | list[int]) -> float:
+    """Forward-only FLOPs of the encoder over real tokens (a third of the training count, no MLM head)."""
+    return training_flops(config, lengths, masked_tokens=0) / 3
+
+
+__all__ = [name for name in MODEL_CLASSES] + ["BertConfig", "ModelOutput", "training_flops", "inference_flops",
+                                              "IGNORE_INDEX"]

@@ -1,0 +1,207 @@
+"""HuggingFace-layout checkpoints: config.json + model.safetensors (or pytorch_model.bin).
+
+Loading is an identity mapping of transformers' names plus a short, explicit list of exceptions
+(`_normalise_key`). Anything that is neither matched nor on that list is an error, so a head can
+never silently stay random: head weights that the checkpoint lacks are initialised and listed in
+`model.load_report`, and checkpoint weights that the model has no place for are listed there too
+only when they belong to another head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from onebert.config import CONFIG_NAME, BertConfig
+from onebert.errors import OneBertError
+from onebert.io_utils import atomic_write_with
+
+if TYPE_CHECKING:
+    from onebert.model import BertPreTrainedModel
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_NAME = "pytorch_model.bin"
+
+# Parameters a model may have that a checkpoint may legitimately lack: task heads and the pooler
+# (checkpoints of token-classification / QA / masked-LM models are saved without one).
+_HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "bert.pooler.")
+# Tied to the word embeddings (transformers' save_pretrained leaves them out as well).
+_TIED_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+
+@dataclass
+class LoadReport:
+    """What `from_pretrained` did beyond copying matching tensors, for the user to read."""
+
+    initialised: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
+    unused: list[str] = field(default_factory=list)  # in the checkpoint, for a head this model lacks
+    reinitialised: list[str] = field(default_factory=list)  # shape differed, re-initialised on request
+
+    def summary(self) -> str:
+        parts = []
+        if self.initialised:
+            parts.append(f"newly initialised (train them before use): {_compact(self.initialised)}")
+        if self.reinitialised:
+            parts.append(f"re-initialised because their shape differed: {_compact(self.reinitialised)}")
+        if self.unused:
+            parts.append(f"not used by this model: {_compact(self.unused)}")
+        return "; ".join(parts)
+
+
+def _compact(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
+def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """Tensors of a checkpoint directory. Never unpickles arbitrary objects (weights_only)."""
+    safetensors_file = directory / SAFETENSORS_NAME
+    index_file = directory / SAFETENSORS_INDEX
+    pytorch_file = directory / PYTORCH_NAME
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if safetensors_file.is_file():
+            return load_file(str(safetensors_file)), safetensors_file
+        if index_file.is_file():
+            index = json.loads(index_file.read_text(encoding="utf-8"))
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                shard_path = (directory / shard).resolve()
+                if directory.resolve() not in shard_path.parents:
+                    raise OneBertError(f"{index_file}: shard '{shard}' lies outside the model directory")
+                state.update(load_file(str(shard_path)))
+            return state, index_file
+        if pytorch_file.is_file():
+            state = torch.load(pytorch_file, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise OneBertError(f"{pytorch_file}: expected a state dict, found {type(state).__name__}")
+            return state, pytorch_file
+    except pickle.UnpicklingError as exc:
+        reason = next((line.split("error:", 1)[1].strip() for line in str(exc).splitlines()
+                       if "WeightsUnpickler error:" in line), "not a plain tensor file")
+        raise OneBertError(f"{pytorch_file}: cannot read weights (refused to unpickle anything but tensors: "
+                           f"{reason.split('. ')[0]})") from None
+    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, EOFError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        bad = next(f for f in (safetensors_file, index_file, pytorch_file) if f.is_file())
+        raise OneBertError(f"{bad}: cannot read weights ({first})") from None
+    raise OneBertError(f"{directory}: no weights found (expected {SAFETENSORS_NAME} or {PYTORCH_NAME})")
+
+
+def _normalise_key(key: str) -> str | None:
+    """Map a checkpoint key onto transformers' current names; None for keys to drop."""
+    if key.endswith("position_ids") or key.endswith("token_type_ids"):
+        return None  # buffers that old checkpoints stored
+    key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    return key
+
+
+def _with_model_prefix(keys: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Add or strip the `bert.` prefix so a bare BertModel checkpoint fits a head model and back."""
+    wants_prefix = any(k.startswith("bert.") for k in model_keys)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in keys.items():
+        if wants_prefix and key.split(".", 1)[0] in ("embeddings", "encoder", "pooler"):
+            key = "bert." + key
+        elif not wants_prefix and key.startswith("bert."):
+            key = key[len("bert."):]
+        out[key] = value
+    return out
+
+
+def load_pretrained(cls: type["BertPreTrainedModel"], directory: str | os.PathLike,
+                    config: BertConfig | None = None, ignore_mismatched_heads: bool = False,
+                    **config_overrides: Any) -> "BertPreTrainedModel":
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise OneBertError(f"{directory}: no such model directory")
+    if config is None:
+        if not (directory / CONFIG_NAME).is_file():
+            raise OneBertError(f"{directory}: no {CONFIG_NAME} (is this a model directory?)")
+        config = BertConfig.load(directory)
+    if config_overrides:
+        import dataclasses
+
+        config = dataclasses.replace(config, **config_overrides)
+    state, source = read_state_dict(directory)
+    model = cls(config)
+    report = load_state_dict_checked(model, state, source, ignore_mismatched_heads)
+    model.load_report = report
+    if report.initialised or report.unused or report.reinitialised:
+        log.warning("%s: %s", directory, report.summary())
+    return model
+
+
+def load_state_dict_checked(model: "BertPreTrainedModel", raw_state: dict[str, torch.Tensor], source: Path | str,
+                            ignore_mismatched_heads: bool = False) -> LoadReport:
+    """Copy tensors into `model`, failing by name on anything outside the allowed exceptions."""
+    own = model.state_dict()
+    normalised: dict[str, torch.Tensor] = {}
+    for key, value in raw_state.items():
+        new_key = _normalise_key(key)
+        if new_key is not None:
+            normalised[new_key] = value
+    state = _with_model_prefix(normalised, set(own))
+    # An old checkpoint may store the decoder bias only under its tied name.
+    if "cls.predictions.bias" not in state and "cls.predictions.decoder.bias" in state:
+        state["cls.predictions.bias"] = state["cls.predictions.decoder.bias"]
+    for tied in _TIED_KEYS:
+        state.pop(tied, None)
+
+    report = LoadReport()
+    unexpected = [k for k in state if k not in own]
+    for key in unexpected:
+        if key.startswith(_HEAD_PREFIXES):
+            report.unused.append(key)
+        else:
+            raise OneBertError(f"{source}: unexpected weight '{key}' (does config.json describe this checkpoint? "
+                               f"e.g. num_hidden_layers={model.config.num_hidden_layers})")
+    to_load: dict[str, torch.Tensor] = {}
+    for key, target in own.items():
+        if key in _TIED_KEYS:
+            continue
+        if key not in state:
+            if key.startswith(_HEAD_PREFIXES):
+                report.initialised.append(key)
+                continue
+            raise OneBertError(f"{source}: missing weight '{key}'")
+        value = state[key]
+        if tuple(value.shape) != tuple(target.shape):
+            if ignore_mismatched_heads and key.startswith(_HEAD_PREFIXES):
+                report.reinitialised.append(key)
+                continue
+            raise OneBertError(f"{source}: weight '{key}' has shape {list(value.shape)}, "
+                               f"the model expects {list(target.shape)}")
+        if not value.dtype.is_floating_point and target.dtype.is_floating_point:
+            raise OneBertError(f"{source}: weight '{key}' has dtype {value.dtype}, expected floating point")
+        to_load[key] = value.to(target.dtype)
+    model.load_state_dict(to_load, strict=False)
+    model.tie_weights()
+    return report
+
+
+def save_pretrained(model: "BertPreTrainedModel", directory: str | os.PathLike) -> None:
+    """config.json + model.safetensors in transformers' layout, each written atomically.
+
+    The tied decoder weight is left out as transformers does; transformers re-ties it on load.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    config.extra = {**config.extra, "architectures": [type(model).__name__]}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in _TIED_KEYS}
+    atomic_write_with(directory / SAFETENSORS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    config.save(directory)

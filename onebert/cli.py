@@ -17,7 +17,6 @@ from typing import Any, Sequence
 from onebert.errors import OneBertError
 
 COMMANDS: dict[str, str] = {
-    "demo": "onebert.commands.demo",
     "info": "onebert.commands.info",
 }
 
@@ -47,15 +46,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subparsers = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    config_file = _find_config_option(argv)
+    if command in subparsers and config_file is not None:
+        try:
+            _apply_option_file(config_file, subparsers[command])
+        except OneBertError as exc:
+            print(f"onebert {command}: error: {exc}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        if args.config:
-            command_parser = subparsers[args.command]
-            command_parser.set_defaults(**load_option_file(args.config, command_parser))
-            args = parser.parse_args(argv)
         result = args._module.run(args)
     except OneBertError as exc:
         print(f"onebert {args.command}: error: {exc}", file=sys.stderr)
@@ -64,6 +67,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onebert {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _find_config_option(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _apply_option_file(path: str, parser: argparse.ArgumentParser) -> None:
+    """Make the file's values the parser's defaults; a positional the file gives becomes optional."""
+    values = load_option_file(path, parser)
+    for action in parser._actions:
+        if not action.option_strings and action.dest in values and action.nargs is None:
+            action.nargs = "?"
+    parser.set_defaults(**values)
 
 
 def load_option_file(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+"""`onebert info DIR`: what a model directory holds, without reading a line of code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "print a model directory's config, parameter count, task and files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="DIR", help="a model directory (config.json + weights)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from onebert.config import BertConfig
+    from onebert.errors import OneBertError
+    from onebert.weights import read_state_dict
+
+    directory = Path(args.model)
+    config = BertConfig.load(directory)
+    state, source = read_state_dict(directory)
+    shapes = {k: list(v.shape) for k, v in state.items()}
+    tied = "cls.predictions.decoder.weight"
+    parameters = sum(v.numel() for k, v in state.items() if k != tied and not k.endswith("position_ids"))
+    heads = sorted({k.split(".")[0] for k in state if not k.startswith(("bert.", "embeddings.", "encoder.", "pooler."))})
+    if not shapes:
+        raise OneBertError(f"{source}: holds no tensors")
+    info = {
+        "directory": str(directory),
+        "architecture": (config.extra.get("architectures") or ["unknown"])[0],
+        "task": config.onebert.get("task"),
+        "labels": list(config.id2label.values()) if config.id2label else None,
+        "parameters": parameters,
+        "layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+        "heads": config.num_attention_heads, "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size, "max_position_embeddings": config.max_position_embeddings,
+        "weights_file": source.name, "weight_dtypes": sorted({str(v.dtype).replace("torch.", "") for k, v in state.items()
+                                 if not k.endswith("position_ids")}),
+        "head_modules": heads,
+        "files": sorted(p.name for p in directory.iterdir() if p.is_file()),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if isinstance(value, int) and key == "parameters":
+            value = f"{value:,} ({value / 1e6:.1f}M)"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        print(f"{key:<{width}}  {value}")
+    return 0

@@ -1,0 +1,70 @@
+"""The command line: every command has --help, config files set options, user errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onebert.cli import COMMANDS, build_parser, load_option_file, main
+
+
+def test_every_command_has_help(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: onebert " + name in capsys.readouterr().out
+
+
+def test_top_level_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_info_on_real_checkpoint_prints_json(minilm_dir, capsys):
+    assert main(["info", str(minilm_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 22_713_216 and info["layers"] == 6 and info["weight_dtypes"] == ["float32"]
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "config.json" in err and "Traceback" not in err
+
+
+def test_config_file_sets_options_and_command_line_overrides(tmp_path, minilm_dir, capsys):
+    (tmp_path / "opts.yaml").write_text(f"model: {minilm_dir}\njson: true\n")
+    assert main(["info", "--config", str(tmp_path / "opts.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == 6
+    (tmp_path / "opts.toml").write_text(f'model = "{tmp_path}"\njson = true\n')
+    assert main(["info", "--config", str(tmp_path / "opts.toml"), str(minilm_dir)]) == 0  # positional overrides
+    assert json.loads(capsys.readouterr().out)["layers"] == 6
+
+
+def test_config_file_with_unknown_or_mistyped_option_is_named(tmp_path):
+    _, subparsers = build_parser()
+    (tmp_path / "bad.yaml").write_text("jsn: true\n")
+    from onebert.errors import OneBertError
+
+    with pytest.raises(OneBertError, match=r"bad.yaml: unknown option 'jsn' \(did you mean 'json'\?\)"):
+        load_option_file(str(tmp_path / "bad.yaml"), subparsers["info"])
+    (tmp_path / "bad2.yaml").write_text("json: 3\n")
+    with pytest.raises(OneBertError, match="bad2.yaml: option 'json' must be true or false"):
+        load_option_file(str(tmp_path / "bad2.yaml"), subparsers["info"])
+    (tmp_path / "bad3.yaml").write_text("json: [unclosed\n")
+    with pytest.raises(OneBertError, match="bad3.yaml: cannot parse"):
+        load_option_file(str(tmp_path / "bad3.yaml"), subparsers["info"])
+
+
+def test_import_onebert_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, onebert, onebert.cli; onebert.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

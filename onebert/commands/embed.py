@@ -1,0 +1,82 @@
+"""`onebert embed`: one text per line in, a [lines, hidden] float32 .npy out, rows in line order."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "embed texts (one per line) into sentence vectors saved as .npy"
+DESCRIPTION = (
+    "Embed every line of a text file (or stdin with '-') and save a float32 array [lines, hidden] as .npy, "
+    "row i for line i. Pooling and normalisation default to what a sentence-transformers checkpoint declares "
+    "(modules.json, 1_Pooling), else mean pooling without normalisation. Lines longer than the model's "
+    "maximum length are cut to it and counted in the summary.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json, weights, tokenizer)")
+    parser.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file, one text per line; '-' for stdin")
+    parser.add_argument("--output", required=True, metavar="FILE.npy", help="where to write the embeddings")
+    parser.add_argument("--pooling", choices=("mean", "cls", "pooler"), default=None,
+                        help="mean of token states, the [CLS] state, or the tanh pooler output "
+                             "(default: the checkpoint's, else mean)")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                        help="L2-normalise each vector (default: the checkpoint's, else no)")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="cut texts to this many tokens (default: the model's limit)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def read_lines(path: str) -> list[str]:
+    """Lines without their line ends; a final newline does not make an extra empty text."""
+    import sys
+    from pathlib import Path
+
+    from onebert.errors import OneBertError
+
+    if path == "-":
+        data, name = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise OneBertError(f"{file}: no such input file")
+        data, name = file.read_bytes(), str(file)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OneBertError(f"{name}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from onebert.embeddings import Embedder
+    from onebert.errors import OneBertError
+    from onebert.io_utils import atomic_path
+
+    if not args.output.endswith(".npy"):
+        raise OneBertError(f"{args.output}: the output file must end in .npy")
+    texts = read_lines(args.input)
+    if not texts:
+        raise OneBertError(f"{args.input}: no lines to embed")
+    embedder = Embedder.from_checkpoint(args.model, pooling=args.pooling, normalize=args.normalize,
+                                        max_length=args.max_length, device=args.device)
+    result = embedder.encode(texts, batch_size=args.batch_size, progress=not args.no_progress)
+    with atomic_path(args.output) as tmp:
+        with open(tmp, "wb") as handle:  # a file object: np.save would append .npy to a bare temp name
+            np.save(handle, result.embeddings)
+    empty = sum(1 for text in texts if not text.strip())
+    print(f"embedded {len(texts)} lines -> {args.output} {list(result.embeddings.shape)} float32 "
+          f"(pooling {embedder.pooling}, {'L2-normalised' if embedder.normalize else 'not normalised'})")
+    if result.truncated:
+        print(f"{len(result.truncated)} lines were longer than {result.max_length} tokens and were cut to it "
+              f"(first: line {result.truncated[0] + 1})")
+    if empty:
+        print(f"{empty} empty lines were embedded as empty texts (rows kept so row i is line i)")
+    return 0

@@ -1,0 +1,11 @@
+"""Training: one loop (`loop.py`) shared by pretraining and fine-tuning, and the pieces it is built from.
+
+optim.py        AdamW with BERT's parameter groups; warm-up + decay schedule that a time budget can re-fit
+precision.py    device choice, autocast / grad scaler, measured peak FLOP/s, Intel Extension for PyTorch
+distributed.py  torchrun / DDP set-up and the few collectives the loop needs
+checkpoint.py   atomic checkpoints with a checksummed manifest, exact resume, keep-last-K
+metrics_log.py  JSON-lines metrics file and the console progress bar
+pretraining.py  the pretraining task (MLM + NSP) that plugs into the loop
+
+Nothing here is imported by `import onebert`; these modules import torch.
+"""

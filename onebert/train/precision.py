@@ -1,0 +1,152 @@
+"""Where and in which number format training runs: device, autocast, grad scaler, peak FLOP/s, IPEX.
+
+Precision is one of fp32, bf16 or fp16. bf16 keeps fp32's exponent range, so it needs no loss
+scaling and works under autocast on CPUs and GPUs alike; fp16 overflows without a GradScaler and is
+offered on CUDA/XPU only. "auto" picks bf16 where the hardware computes it natively (CUDA with
+bf16 support, XPU, CPUs with AVX512-BF16 or AMX) and fp32 elsewhere.
+
+The MFU denominator is *measured* here, once per process, with a timed matmul in the training dtype
+on the training device: a hard-coded datasheet peak is wrong for every CPU and most GPU clocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from typing import Any
+
+import torch
+
+from onebert.errors import OneBertError
+
+DEVICES = ("auto", "cpu", "cuda", "xpu", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _xpu_available() -> bool:
+    return hasattr(torch, "xpu") and torch.xpu.is_available()
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def device_type(name: str) -> str:
+    """'auto' prefers cuda, then xpu, then mps, then cpu."""
+    if name not in DEVICES:
+        raise OneBertError(f"--device: unknown device '{name}' (choose one of {', '.join(DEVICES)})")
+    if name == "auto":
+        return ("cuda" if torch.cuda.is_available() else "xpu" if _xpu_available()
+                else "mps" if _mps_available() else "cpu")
+    return name
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device to train on; under torchrun each rank takes its local GPU."""
+    name = device_type(name)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "xpu": _xpu_available(), "mps": _mps_available()}
+    if not available[name]:
+        raise OneBertError(f"--device {name}: no {name} device is available to this PyTorch "
+                           f"({torch.__version__}); use --device cpu or --device auto")
+    if name in ("cuda", "xpu"):
+        getattr(torch, name).set_device(local_rank)
+        return torch.device(name, local_rank)
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise OneBertError(f"--precision: unknown precision '{precision}' (choose one of {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "xpu":
+            return "bf16"
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return "bf16"
+        return "fp32"
+    if precision == "fp16" and device.type not in ("cuda", "xpu"):
+        raise OneBertError(f"--precision fp16 needs a CUDA or XPU device (it needs loss scaling and fp16 "
+                           f"kernels); on {device.type} use --precision bf16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass; weights, gradients and optimizer state stay fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> "torch.amp.GradScaler":
+    """A real scaler for fp16 only; a disabled one (a no-op with the same interface) otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type in ("cuda", "xpu", "mps"):
+        getattr(torch, device.type).synchronize()
+
+
+@functools.lru_cache(maxsize=None)
+def measure_peak_flops(device: torch.device, precision: str) -> float:
+    """FLOP/s of a large square matmul in `precision` on `device`: the MFU denominator.
+
+    The matrix grows until one product takes >= 20 ms (so timer and launch overheads vanish),
+    then the best of three timed products counts. On a CPU the result depends on the threads
+    torch uses, which are the threads training uses.
+    """
+    dtype = DTYPES[precision]
+    size, seconds = 256, 0.0
+    devices = [device] if device.type in ("cuda", "xpu") else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        # The random operands must not advance the training RNG: a resumed run would diverge.
+        while True:
+            a = torch.randn(size, size, device=device).to(dtype)
+            b = torch.randn(size, size, device=device).to(dtype)
+            seconds = _best_matmul_time(a, b, device, repeats=1)
+            if seconds >= 0.02 or size >= 8192:
+                break
+            size *= 2
+    seconds = min(seconds, _best_matmul_time(a, b, device, repeats=3))
+    return 2.0 * size**3 / seconds
+
+
+def _best_matmul_time(a: torch.Tensor, b: torch.Tensor, device: torch.device, repeats: int) -> float:
+    torch.matmul(a, b)  # first call: kernel selection, allocator warm-up
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def apply_ipex(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str) -> tuple[Any, Any]:
+    """Intel Extension for PyTorch: fused kernels and a fused optimizer step on Intel CPUs/GPUs.
+
+    Asked for explicitly, so a missing or broken installation is an error rather than a silent
+    fallback that would leave the user believing the run was accelerated.
+    """
+    try:
+        import intel_extension_for_pytorch as ipex
+    except Exception as exc:  # noqa: BLE001 - a version mismatch raises more than ImportError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OneBertError(f"--ipex: intel_extension_for_pytorch cannot be imported ({reason}); install the "
+                           f"build matching torch {torch.__version__.split('+')[0]} or leave out --ipex") from None
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model.train()
+    model, optimizer = ipex.optimize(model, optimizer=optimizer, dtype=dtype)
+    print(f"ipex {getattr(ipex, '__version__', '?')}: model and optimizer optimized for {str(dtype).split('.')[-1]}")
+    return model, optimizer

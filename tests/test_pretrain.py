@@ -1,0 +1,188 @@
+"""The training loop on pretraining: accumulation equals one big batch, exact resume, time budget, CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import types
+
+import pytest
+import torch
+from synthetic_pretraining import SyntheticBatches
+
+from onebert.errors import OneBertError
+from onebert.model import BertForPreTraining
+from onebert.train.distributed import DistContext
+from onebert.train.loop import TrainConfig, accumulate_gradients, step_totals, train
+from onebert.train.metrics_log import read_metrics
+from onebert.train.pretraining import PretrainingTask
+
+CPU = torch.device("cpu")
+
+
+def _model(config, seed=0):
+    torch.manual_seed(seed)
+    return BertForPreTraining(config)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _run(config, run_dir, batch_size=4, max_steps=4, seed=0, data_seed=0, crash_at_batch=None, **options):
+    data = SyntheticBatches(config.vocab_size, 24, batch_size, seed=data_seed, crash_at_batch=crash_at_batch)
+    task = PretrainingTask(config, data, batch_size, eval_data=data.eval_batches())
+    settings = dict(output_dir=str(run_dir), max_steps=max_steps, lr=1e-3, warmup_steps=2, log_every=1,
+                    device="cpu", precision="fp32", measure_mfu=False, seed=seed)
+    settings.update(options)
+    return train(task, _model(config, seed), TrainConfig(**settings), options={"model_config": "test"})
+
+
+def _train_curve(run_dir):
+    return [(r["step"], r["loss"], r["mlm_accuracy"]) for r in read_metrics(run_dir / "metrics.jsonl")
+            if r["split"] == "train"]
+
+
+def _final_state(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def test_two_accumulated_micro_batches_give_the_gradient_of_one_double_batch(tiny_config):
+    data = SyntheticBatches(tiny_config.vocab_size, 24, batch_size=2)
+    micro = [data.batch(0), data.batch(1)]
+    big = SyntheticBatches(tiny_config.vocab_size, 24, batch_size=4).batch(0)
+    task = PretrainingTask(tiny_config, data, batch_size=2)
+    masked = [task.count(b)["masked"] for b in micro]
+    assert masked[0] != masked[1]  # the case a per-micro-batch mean gets wrong
+    scaler, ctx = torch.amp.GradScaler("cpu", enabled=False), DistContext()
+
+    one, two = _model(tiny_config), _model(tiny_config)
+    _, _, totals = step_totals(task, [big], ctx, CPU)
+    accumulate_gradients(task, one, [big], totals, CPU, contextlib.nullcontext(), scaler, ctx)
+    _, _, totals = step_totals(task, micro, ctx, CPU)
+    accumulate_gradients(task, two, micro, totals, CPU, contextlib.nullcontext(), scaler, ctx)
+    expected, got = _grads(one), _grads(two)
+    assert expected.keys() == got.keys() and len(got) > 20
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    # The naive way (mean per micro-batch, averaged over micro-batches) is measurably different,
+    # so the comparison above can fail.
+    naive = _model(tiny_config)
+    for batch in micro:
+        (naive(**batch).loss / len(micro)).backward()
+    word = "bert.embeddings.word_embeddings.weight"
+    assert not torch.allclose(_grads(naive)[word], expected[word], rtol=1e-3, atol=1e-6)
+
+
+def test_accumulation_gives_the_same_training_run_as_a_double_batch(tiny_config, tmp_path):
+    _run(tiny_config, tmp_path / "big", batch_size=4, max_steps=3)
+    _run(tiny_config, tmp_path / "accum", batch_size=2, grad_accum=2, max_steps=3)
+    big, accum = _train_curve(tmp_path / "big"), _train_curve(tmp_path / "accum")
+    assert [s for s, *_ in big] == [1, 2, 3]
+    for (s1, loss1, acc1), (s2, loss2, acc2) in zip(big, accum):
+        assert loss2 == pytest.approx(loss1, rel=1e-5) and acc2 == acc1
+    expected, got = _final_state(tmp_path / "big"), _final_state(tmp_path / "accum")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_run(tiny_config, tmp_path):
+    straight = _run(tiny_config, tmp_path / "straight", max_steps=6, save_every=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):  # dies during step 5, after the step-3 checkpoint
+        _run(tiny_config, tmp_path / "resumed", max_steps=6, save_every=3, crash_at_batch=4)
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if r["split"] == "train"] == [1, 2, 3, 4]
+    resumed = _run(tiny_config, tmp_path / "resumed", max_steps=6, save_every=3, resume="auto", seed=123)
+    assert resumed.step == straight.step == 6
+    assert _train_curve(tmp_path / "resumed") == _train_curve(tmp_path / "straight")  # bit-identical on CPU
+    expected, got = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_dropout_randomness_is_restored_on_resume(tmp_path):
+    from onebert.config import BertConfig
+
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64)  # dropout 0.1 on
+    _run(config, tmp_path / "straight", max_steps=4, save_every=2)
+    with pytest.raises(RuntimeError):
+        _run(config, tmp_path / "resumed", max_steps=4, save_every=2, crash_at_batch=3)
+    _run(config, tmp_path / "resumed", max_steps=4, save_every=2, resume="auto")
+    assert _train_curve(tmp_path / "resumed") == _train_curve(tmp_path / "straight")
+
+
+def test_existing_run_without_resume_is_refused_and_left_untouched(tiny_config, tmp_path):
+    _run(tiny_config, tmp_path, max_steps=2)
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    with pytest.raises(OneBertError, match="--resume"):
+        _run(tiny_config, tmp_path, max_steps=2)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
+def test_logged_metrics_and_evaluation(tiny_config, tmp_path):
+    result = _run(tiny_config, tmp_path, max_steps=4, eval_every=2, log_every=2, measure_mfu=True)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    train_records = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in train_records] == [2, 4] and [r["step"] for r in evals] == [2, 4]
+    for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "lr", "grad_norm",
+                "seq_per_s", "tokens_per_s", "mfu"):
+        assert key in train_records[0], key
+    assert 0 < train_records[0]["mfu"] < 1 and train_records[0]["tokens_per_s"] > train_records[0]["seq_per_s"]
+    assert {"mlm_accuracy", "nsp_accuracy", "mlm_loss", "nsp_loss"} <= evals[0].keys()
+    assert result.eval_metrics == {k: v for k, v in evals[-1].items() if k not in ("split", "step")}
+    config_text = (tmp_path / "config.yaml").read_text()
+    assert "precision: fp32" in config_text and "global_batch: 4" in config_text
+
+
+def test_time_budget_ends_on_time_with_the_schedule_fitted_to_it(tiny_config, tmp_path):
+    result = _run(tiny_config, tmp_path, max_steps=None, max_time=3.0, warmup_steps=None, warmup_ratio=0.1,
+                  estimate_after=2)
+    assert 2.5 < result.train_seconds < 6.0
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(lrs) == result.step > 10
+    peak = max(lrs)
+    assert peak == pytest.approx(1e-3, rel=0.05)  # warm-up reached the peak
+    assert lrs[-1] < 0.2 * peak  # and the decay was fitted to end near zero at the deadline
+
+
+def test_ipex_flag_calls_ipex_optimize_with_model_and_optimizer(tiny_config, tmp_path, monkeypatch):
+    calls = []
+
+    def optimize(model, optimizer=None, dtype=None):
+        calls.append((type(model).__name__, type(optimizer).__name__, dtype))
+        return model, optimizer
+
+    monkeypatch.setitem(sys.modules, "intel_extension_for_pytorch",
+                        types.SimpleNamespace(optimize=optimize, __version__="mock"))
+    _run(tiny_config, tmp_path, max_steps=1, ipex=True)
+    assert calls == [("BertForPreTraining", "AdamW", torch.float32)]
+
+
+def test_ipex_flag_without_ipex_installed_is_a_one_line_error(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "intel_extension_for_pytorch", None)  # import raises ImportError
+    with pytest.raises(OneBertError) as info:
+        _run(tiny_config, tmp_path, max_steps=1, ipex=True)
+    assert "intel_extension_for_pytorch" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_config, tmp_path):
+    class Poisoned(PretrainingTask):
+        def loss(self, model, batch, totals):
+            loss, stats = super().loss(model, batch, totals)
+            return loss * float("nan"), stats
+
+    data = SyntheticBatches(tiny_config.vocab_size, 24, 2)
+    config = TrainConfig(output_dir=str(tmp_path), max_steps=10, device="cpu", precision="fp32",
+                         measure_mfu=False, max_nonfinite=3)
+    with pytest.raises(OneBertError, match="non-finite for 3 steps in a row"):
+        train(Poisoned(tiny_config, data, 2), _model(tiny_config), config)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_config, tmp_path):
+    result = _run(tiny_config, tmp_path, max_steps=2, precision="bf16")
+    assert result.step == 2 and json.loads((tmp_path / "final" / "config.json").read_text())["hidden_size"] == 32

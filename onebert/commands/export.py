@@ -1,0 +1,83 @@
+"""`onebert export`: ONNX, TorchScript or a clean HuggingFace directory, checked against PyTorch after writing."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "export a model to ONNX, TorchScript or a HuggingFace-layout directory"
+DESCRIPTION = (
+    "Export a model directory. onnx / torchscript: inputs input_ids, attention_mask, token_type_ids "
+    "(int64 [batch, sequence], both axes dynamic), outputs named as in transformers for the checkpoint's "
+    "architecture. An --output ending in .onnx / .pt is the model file; any other --output is a directory "
+    "that receives model.onnx / model.pt with config.json and the tokenizer files beside it. hf: a "
+    "directory with config.json, model.safetensors and tokenizer files that transformers loads. After "
+    "writing, the export is run on several batch/sequence shapes and compared with PyTorch.")
+
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+# Float32 kernels differ in summation order between runtimes; anything beyond this is a bug.
+CHECK_ATOL = 1e-3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + weights)")
+    parser.add_argument("--format", required=True, choices=("onnx", "hf", "torchscript"), help="what to write")
+    parser.add_argument("--output", required=True, metavar="PATH", help="file (.onnx / .pt) or directory")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip running the export and comparing its outputs with PyTorch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from onebert import export
+    from onebert.config import BertConfig
+    from onebert.errors import OneBertError
+    from onebert.tokenizer import Tokenizer
+
+    model_dir, output = Path(args.model), Path(args.output)
+    if not (model_dir / "config.json").is_file():
+        raise OneBertError(f"{model_dir}: no config.json (is this a model directory?)")
+    writes_directory = args.format == "hf" or output.suffix != _SUFFIX.get(args.format)
+    if writes_directory and (output.resolve() == model_dir.resolve() or model_dir.resolve() in output.resolve().parents):
+        raise OneBertError(f"{output}: would write into the model directory {model_dir}; choose another --output")
+
+    model = export.load_model(model_dir)
+    names = export.output_names(model)
+    if args.format == "hf":
+        export.export_hf(model_dir, output)
+        target, runner = output, (lambda: export.hf_runner(output, names))
+    else:
+        suffix = _SUFFIX[args.format]
+        if output.suffix == suffix:
+            target = output
+        else:
+            if output.is_file():
+                raise OneBertError(f"{output}: is a file; give a path ending in {suffix} or a directory")
+            target = output / f"model{suffix}"
+            output.mkdir(parents=True, exist_ok=True)
+            BertConfig.load(model_dir).save(output)
+            Tokenizer.from_pretrained(model_dir).save_pretrained(output)
+            export._copy_side_files(model_dir, output, skip_tokenizer=True)
+        if args.format == "onnx":
+            export.export_onnx(model, target, opset=args.opset)
+            runner = lambda: export.onnxruntime_runner(target)  # noqa: E731
+        else:
+            export.export_torchscript(model, target)
+            runner = lambda: export.torchscript_runner(target, names)  # noqa: E731
+    size = sum(f.stat().st_size for f in ([target] if target.is_file() else target.rglob("*")) if f.is_file())
+    print(f"wrote {target} ({export.architecture_of(model_dir)}, outputs {', '.join(names)}, {size / 1e6:.1f} MB)")
+    if args.no_check:
+        return 0
+    try:
+        run_export = runner()
+    except ImportError as exc:
+        print(f"not checked: {exc.name} is not installed (pip install {exc.name})")
+        return 0
+    runtime = {"onnx": "onnxruntime", "torchscript": "torch.jit", "hf": "reloaded directory"}[args.format]
+    result = export.compare(model, run_export, runtime)
+    print(result.summary())
+    if not result.passed(CHECK_ATOL):
+        print(f"check FAILED: outputs differ from PyTorch by more than {CHECK_ATOL}")
+        return 1
+    return 0

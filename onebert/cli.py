@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "export": "onebert.commands.export",
     "embed": "onebert.commands.embed",
     "info": "onebert.commands.info",
+    "tokenizer": "onebert.commands.tokenizer",
 }
 
 

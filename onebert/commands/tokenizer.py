@@ -1,0 +1,91 @@
+"""`onebert tokenizer train|encode`: learn a WordPiece vocabulary from text, or see how a tokenizer splits text."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a WordPiece vocabulary from text files, or show how a tokenizer splits a text"
+DESCRIPTION = """\
+train:  learn a BERT WordPiece vocabulary from plain-text files (UTF-8, optionally .gz) and write
+        vocab.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json, the layout that
+        `onebert` and transformers' BertTokenizerFast.from_pretrained both load.
+encode: print the tokens, ids, token types and character offsets of a text or a text pair."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    actions = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+
+    train = actions.add_parser("train", help="learn a WordPiece vocabulary from text files",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--input", nargs="+", required=True, metavar="FILE",
+                       help="text files (UTF-8; .gz is decompressed); every line is text to learn from")
+    train.add_argument("--output", required=True, metavar="DIR", help="directory to write the tokenizer to")
+    train.add_argument("--vocab-size", type=int, default=30522, help="number of tokens, special tokens included")
+    train.add_argument("--cased", action="store_true",
+                       help="keep case and accents (default: lower-case and strip accents, as BERT uncased)")
+    train.add_argument("--min-frequency", type=int, default=2,
+                       help="a merged piece must occur this often in the corpus to enter the vocabulary")
+    train.add_argument("--limit-alphabet", type=int, default=1000,
+                       help="keep at most this many distinct characters; rarer ones become [UNK]")
+    train.add_argument("--model-max-length", type=int, default=512,
+                       help="longest input the model will take, written to tokenizer_config.json")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    encode = actions.add_parser("encode", help="print how a tokenizer splits a text or a text pair",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    encode.add_argument("--tokenizer", required=True, metavar="DIR",
+                        help="tokenizer or model directory (tokenizer.json or vocab.txt)")
+    encode.add_argument("text", help="the text (first segment)")
+    encode.add_argument("pair", nargs="?", default=None, help="optional second segment")
+    encode.add_argument("--max-length", type=int, default=None,
+                        help="truncate (longest segment first) to this many tokens; default: the tokenizer's limit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tokenizer_command == "train":
+        return _train(args)
+    return _encode(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from onebert.tokenizer import Tokenizer
+
+    started = time.perf_counter()
+    print(f"training a {'cased' if args.cased else 'lower-cased'} WordPiece vocabulary of {args.vocab_size} "
+          f"tokens on {len(args.input)} file(s)", flush=True)
+    tokenizer = Tokenizer.train(args.input, vocab_size=args.vocab_size, lowercase=not args.cased,
+                                min_frequency=args.min_frequency, limit_alphabet=args.limit_alphabet,
+                                model_max_length=args.model_max_length,
+                                show_progress=not args.quiet and sys.stderr.isatty())
+    tokenizer.save_pretrained(args.output)
+    stats = tokenizer.training_stats
+    note = "" if tokenizer.vocab_size >= args.vocab_size else \
+        f" (fewer than the {args.vocab_size} asked for: the corpus has no more pieces seen {args.min_frequency}+ times)"
+    print(f"read {stats.lines_with_text:,} lines of text ({stats.lines - stats.lines_with_text:,} blank) "
+          f"from {stats.files} file(s)")
+    print(f"wrote {args.output}: vocabulary of {tokenizer.vocab_size:,} tokens{note} "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from onebert.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None)
+    ids, types = batch["input_ids"][0], batch["token_type_ids"][0]
+    offsets, segments = batch["offset_mapping"][0], batch["sequence_ids"][0]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    texts = [args.text, args.pair]
+    print(f"{len(ids)} tokens: {' '.join(tokens)}")
+    print(f"{'pos':>4} {'id':>6} {'type':>4}  {'chars':<11} token")
+    for position, (token, index, kind, (start, end), segment) in enumerate(zip(tokens, ids, types, offsets,
+                                                                                 segments)):
+        span = "" if segment is None else f"{start}:{end}"
+        shown = "" if segment is None else f"  {texts[segment][start:end]!r}"
+        print(f"{position:>4} {index:>6} {kind:>4}  {span:<11} {token}{shown}")
+    return 0

@@ -1,0 +1,190 @@
+"""Token classification (NER): words -> word pieces with labels on first pieces -> one tag per word.
+
+Labels sit on the first piece of every word; the other pieces and [CLS]/[SEP] get -100 (the
+loss ignores them), as in the BERT paper's CoNLL set-up and transformers' run_ner.
+
+Long sentences are split into several windows rather than cut. Windows break between words.
+Each window "owns" a run of whole words (labels and predictions come only from those), and
+after the first it also carries up to `context_pieces` pieces of the preceding words as left
+context (label -100), so a word near a window boundary still sees its left neighbours. Every
+word is owned by exactly one window, so it gets exactly one prediction. A word that alone has
+more pieces than a window holds keeps its first pieces (its label is on the first one) and the
+cut is counted in `NerFeatures.cut_words`. A word the tokenizer turns into no pieces at all
+(e.g. a lone zero-width space) is fed as [UNK], so it too gets a prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from onebert.data.tasks import NerExample
+from onebert.errors import OneBertError
+from onebert.tasks import IGNORE_INDEX, Features, to_numpy
+from onebert.tasks.metrics import entity_scores, get_entities
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NerFeatures(Features):
+    # word_index[i][t]: the word whose first piece is token t of row i, if row i owns it; else -1.
+    word_index: list[list[int]] = field(default_factory=list)
+    split_sentences: int = 0  # sentences that needed more than one window
+    cut_words: int = 0  # words longer than a window, cut to their first pieces
+
+
+@dataclass
+class NerPrediction:
+    tags: list[str]  # one per word
+    scores: list[float]  # softmax probability of each chosen tag
+
+    def entities(self, words: Sequence[str]) -> list[dict[str, Any]]:
+        """Entities as {"type", "start", "end" (word indices, end exclusive), "text", "score" (mean)}."""
+        return [{"type": kind, "start": first, "end": last + 1, "text": " ".join(words[first:last + 1]),
+                 "score": float(np.mean(self.scores[first:last + 1]))}
+                for kind, first, last in get_entities(self.tags)]
+
+
+def build_tag_list(examples: Sequence[NerExample]) -> list[str]:
+    """The tags of a training set, sorted (the classifier's output order)."""
+    tags = {tag for example in examples for tag in (example.tags or ())}
+    if not tags:
+        raise OneBertError("no tags in the training data")
+    return sorted(tags)
+
+
+def ner_features(tokenizer, examples: Sequence[NerExample], max_seq_length: int = 128,
+                 tag_list: Sequence[str] | None = None, context_pieces: int | None = None,
+                 with_labels: bool = True) -> NerFeatures:
+    """Word pieces, windows and first-piece labels of every sentence (see the module docstring).
+
+    context_pieces: left context of a continuation window, default max_seq_length // 4.
+    """
+    if max_seq_length < 3:
+        raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    capacity = max_seq_length - 2  # [CLS] ... [SEP]
+    if context_pieces is None:
+        context_pieces = max_seq_length // 4
+    tag_index = {tag: i for i, tag in enumerate(tag_list)} if tag_list is not None else None
+    if with_labels and tag_index is None:
+        raise ValueError("tag_list is needed to turn tags into label ids")
+
+    encodings = tokenizer.backend.encode_batch([example.words for example in examples], is_pretokenized=True,
+                                               add_special_tokens=False)
+    features = NerFeatures()
+    input_ids, labels = [], []
+    for e, (example, encoding) in enumerate(zip(examples, encodings)):
+        pieces = _pieces_per_word(encoding, len(example.words), tokenizer.unk_token_id)
+        if with_labels:
+            if example.tags is None:
+                raise OneBertError(f"{example.source}: no tags in this sentence")
+            word_labels = []
+            for tag in example.tags:
+                if tag not in tag_index:  # type: ignore[operator]
+                    raise OneBertError(f"{example.source}: tag {tag!r} is unknown to the model, which knows "
+                                       f"{', '.join(tag_list)}")  # type: ignore[arg-type]
+                word_labels.append(tag_index[tag])  # type: ignore[index]
+        windows = _windows([len(p) for p in pieces], capacity, context_pieces)
+        features.split_sentences += len(windows) > 1
+        for context_start, start, end in windows:
+            ids = [tokenizer.cls_token_id]
+            row_labels = [IGNORE_INDEX]
+            row_words = [-1]
+            for w in range(context_start, end):
+                owned = w >= start
+                word_pieces = pieces[w]
+                if len(word_pieces) > capacity - (len(ids) - 1):
+                    word_pieces = word_pieces[:capacity - (len(ids) - 1)]
+                    features.cut_words += owned
+                ids.extend(word_pieces)
+                row_words.extend([w if owned else -1] + [-1] * (len(word_pieces) - 1))
+                if with_labels:
+                    row_labels.extend([word_labels[w] if owned else IGNORE_INDEX]
+                                      + [IGNORE_INDEX] * (len(word_pieces) - 1))
+            ids.append(tokenizer.sep_token_id)
+            row_words.append(-1)
+            row_labels.append(IGNORE_INDEX)
+            input_ids.append(ids)
+            labels.append(row_labels)
+            features.word_index.append(row_words)
+            features.example_index.append(e)
+    features.columns["input_ids"] = input_ids
+    features.columns["token_type_ids"] = [[0] * len(ids) for ids in input_ids]
+    if with_labels:
+        features.columns["labels"] = labels
+    if features.split_sentences or features.cut_words:
+        logger.info("NER features: %d of %d sentences split into several windows of %d tokens; %d words cut "
+                    "to %d pieces", features.split_sentences, len(examples), max_seq_length, features.cut_words,
+                    capacity)
+    return features
+
+
+def _pieces_per_word(encoding, num_words: int, unk_token_id: int) -> list[list[int]]:
+    pieces: list[list[int]] = [[] for _ in range(num_words)]
+    for token_id, word in zip(encoding.ids, encoding.word_ids):
+        if word is not None:
+            pieces[word].append(token_id)
+    return [p if p else [unk_token_id] for p in pieces]
+
+
+def _windows(counts: Sequence[int], capacity: int, context_pieces: int) -> list[tuple[int, int, int]]:
+    """(context_start, start, end) word ranges: words [start, end) are owned, [context_start, start) context."""
+    windows = []
+    start = 0
+    while start < len(counts):
+        context_start, used = start, 0
+        if start > 0:
+            while context_start > 0 and used + counts[context_start - 1] <= context_pieces:
+                context_start -= 1
+                used += counts[context_start]
+            if used + counts[start] > capacity:  # the left context must not crowd out the next word
+                context_start, used = start, 0
+        end = start
+        while end < len(counts) and (end == start or used + counts[end] <= capacity):
+            used += counts[end]
+            end += 1
+        windows.append((context_start, start, end))
+        start = end
+    return windows
+
+
+def decode_ner(logits: Any, features: NerFeatures, examples: Sequence[NerExample],
+               tag_list: Sequence[str]) -> list[NerPrediction]:
+    """Per-token logits of every feature row -> one tag (and its probability) per word of every example.
+
+    logits: [rows, seq, num_tags] (torch or numpy, padded rows are fine) or a list of [seq, num_tags].
+    """
+    tags: list[list[str | None]] = [[None] * len(example.words) for example in examples]
+    scores: list[list[float]] = [[0.0] * len(example.words) for example in examples]
+    rows = to_numpy(logits) if not isinstance(logits, (list, tuple)) else [to_numpy(r) for r in logits]
+    if len(rows) != len(features.word_index):
+        raise ValueError(f"got logits for {len(rows)} rows, the features have {len(features.word_index)}")
+    for row, words, e in zip(rows, features.word_index, features.example_index):
+        positions = [t for t, w in enumerate(words) if w >= 0]
+        if not positions:
+            continue
+        chosen = row[positions]
+        probabilities = np.exp(chosen - chosen.max(axis=-1, keepdims=True))
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        best = probabilities.argmax(axis=-1)
+        for t, k, p in zip(positions, best, probabilities):
+            tags[e][words[t]] = tag_list[int(k)]
+            scores[e][words[t]] = float(p[k])
+    missing = sum(tag is None for sentence in tags for tag in sentence)
+    if missing:
+        raise ValueError(f"{missing} words got no prediction: features and examples do not match")
+    return [NerPrediction(tags=t, scores=s) for t, s in zip(tags, scores)]  # type: ignore[arg-type]
+
+
+def evaluate_ner(predictions: Sequence[NerPrediction], examples: Sequence[NerExample]) -> dict:
+    """Entity-level precision / recall / f1 (conlleval), token accuracy, and per-type scores."""
+    gold = []
+    for example in examples:
+        if example.tags is None:
+            raise OneBertError(f"{example.source}: no tags to evaluate against")
+        gold.append(example.tags)
+    return entity_scores(gold, [p.tags for p in predictions])

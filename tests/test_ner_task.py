@@ -58,9 +58,16 @@ def test_every_conll_word_gets_exactly_one_labelled_first_piece_when_windows_are
     assert features.split_sentences > 500  # 24-token windows split many sentences
     _check_windows(tokenizer, examples, features, tag_list, 24)
     # Decoding logits that favour the gold labels gives back every gold tag, once per word.
-    predictions = decode_ner(_one_hot_logits(features, len(tag_list)), features, examples, tag_list)
+    logits = _one_hot_logits(features, len(tag_list))
+    predictions = decode_ner(logits, features, examples, tag_list)
     assert [p.tags for p in predictions] == [e.tags for e in examples]
     assert evaluate_ner(predictions, examples)["f1"] == 1.0
+    # Per-batch torch outputs, each padded to its own length, decode the same.
+    import torch
+
+    batches = [torch.from_numpy(logits[i:i + 64, :max(features.lengths()[i:i + 64])])
+               for i in range(0, len(features), 64)]
+    assert [p.tags for p in decode_ner(batches, features, examples, tag_list)] == [e.tags for e in examples]
 
 
 def test_full_conll_train_at_128_tokens_keeps_every_word(tokenizer, conll_train):

@@ -86,3 +86,24 @@ def to_numpy(array: Any):
     if hasattr(array, "detach"):
         array = array.detach().float().cpu().numpy()
     return np.asarray(array, dtype=np.float32)
+
+
+def logit_rows(logits: Any, row_ndim: int) -> list:
+    """Per-row float32 numpy arrays from one array [N, ...] or a list of per-batch arrays [B_i, ...]
+    (batches may be padded to different lengths) or of per-row arrays. row_ndim: dimensions of one row."""
+    if isinstance(logits, (list, tuple)):
+        rows: list = []
+        for part in logits:
+            part = to_numpy(part)
+            if part.ndim == row_ndim:
+                rows.append(part)
+            elif part.ndim == row_ndim + 1:
+                rows.extend(part)
+            else:
+                raise ValueError(f"expected arrays of {row_ndim} or {row_ndim + 1} dimensions, got {part.shape}")
+        return rows
+    array = to_numpy(logits)
+    if array.ndim != row_ndim + 1:
+        raise ValueError(f"expected an array with {row_ndim + 1} dimensions, got shape {array.shape}")
+    return list(array)
+

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from onebert.data.tasks import TextExample, label_ids, regression_targets
-from onebert.tasks import Features, to_numpy
+from onebert.tasks import Features, logit_rows, to_numpy
 from onebert.tasks.metrics import classification_metrics, regression_metrics
 
 
@@ -45,8 +45,9 @@ def classification_features(tokenizer, examples: Sequence[TextExample], max_seq_
 
 def decode_classification(logits: Any, label_list: Sequence[str] | None = None,
                           regression: bool = False) -> list[ClassificationPrediction]:
-    """logits [N, num_labels] (torch or numpy) -> one prediction per row; regression: [N] or [N, 1]."""
-    values = to_numpy(logits)
+    """logits [N, num_labels] (torch or numpy, or a list of per-batch arrays) -> one prediction per row;
+    regression: [N] or [N, 1]."""
+    values = np.stack(logit_rows(logits, row_ndim=1)) if isinstance(logits, (list, tuple)) else to_numpy(logits)
     if regression:
         return [ClassificationPrediction(label=float(v), score=float(v)) for v in values.reshape(-1)]
     if label_list is None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from onebert.data.tasks import NerExample
 from onebert.errors import OneBertError
-from onebert.tasks import IGNORE_INDEX, Features, to_numpy
+from onebert.tasks import IGNORE_INDEX, Features, logit_rows
 from onebert.tasks.metrics import entity_scores, get_entities
 
 logger = logging.getLogger(__name__)
@@ -156,11 +156,12 @@ def decode_ner(logits: Any, features: NerFeatures, examples: Sequence[NerExample
                tag_list: Sequence[str]) -> list[NerPrediction]:
     """Per-token logits of every feature row -> one tag (and its probability) per word of every example.
 
-    logits: [rows, seq, num_tags] (torch or numpy, padded rows are fine) or a list of [seq, num_tags].
+    logits: [rows, seq, num_tags] (torch or numpy, padded rows are fine), or a list of per-batch
+    [batch, seq, num_tags] or per-row [seq, num_tags] arrays, in the order of `features`.
     """
     tags: list[list[str | None]] = [[None] * len(example.words) for example in examples]
     scores: list[list[float]] = [[0.0] * len(example.words) for example in examples]
-    rows = to_numpy(logits) if not isinstance(logits, (list, tuple)) else [to_numpy(r) for r in logits]
+    rows = logit_rows(logits, row_ndim=2)
     if len(rows) != len(features.word_index):
         raise ValueError(f"got logits for {len(rows)} rows, the features have {len(features.word_index)}")
     for row, words, e in zip(rows, features.word_index, features.example_index):

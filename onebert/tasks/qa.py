@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from onebert.data.tasks import QAExample
-from onebert.tasks import Features, to_numpy
+from onebert.tasks import Features, logit_rows
 from onebert.tasks.metrics import squad_metrics
 
 logger = logging.getLogger(__name__)
@@ -121,11 +121,12 @@ def decode_qa(start_logits: Any, end_logits: Any, features: QAFeatures, examples
               null_threshold: float = 0.0) -> list[QAPrediction]:
     """The best answer (and n-best list) of every example from the logits of all its windows.
 
-    start_logits / end_logits: [rows, seq] (torch or numpy; padded rows are fine) or lists of
-    [seq] arrays, in the order of `features`. version_2: allow the null answer (SQuAD v2.0).
+    start_logits / end_logits: [rows, seq] (torch or numpy; padded rows are fine), or lists of
+    per-batch [batch, seq] or per-row [seq] arrays, in the order of `features`.
+    version_2: allow the null answer (SQuAD v2.0), chosen when null_score_diff > null_threshold.
     """
-    starts = _rows(start_logits)
-    ends = _rows(end_logits)
+    starts = logit_rows(start_logits, row_ndim=1)
+    ends = logit_rows(end_logits, row_ndim=1)
     if len(starts) != len(features.offsets) or len(ends) != len(features.offsets):
         raise ValueError(f"got logits for {len(starts)}/{len(ends)} rows, the features have {len(features.offsets)}")
     by_example: dict[int, list[int]] = {}
@@ -143,12 +144,6 @@ def decode_qa(start_logits: Any, end_logits: Any, features: QAFeatures, examples
     return predictions
 
 
-def _rows(logits: Any) -> Any:
-    if isinstance(logits, (list, tuple)):
-        return [to_numpy(row) for row in logits]
-    return to_numpy(logits)
-
-
 def _best_spans(start: np.ndarray, end: np.ndarray, offsets: list[tuple[int, int] | None], context: str,
                 n_best_size: int, max_answer_length: int) -> list[Span]:
     tokens = np.array([t for t, o in enumerate(offsets) if o is not None], dtype=np.int64)
@@ -162,6 +157,8 @@ def _best_spans(start: np.ndarray, end: np.ndarray, offsets: list[tuple[int, int
     padded_end = np.concatenate([e, np.full(width, -np.inf)])
     scores = s[:, None] + np.lib.stride_tricks.sliding_window_view(padded_end, width)[:n]
     k = min(n_best_size, int(np.isfinite(scores).sum()))
+    if k == 0:
+        return []
     flat = scores.reshape(-1)
     top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
     top = top[np.argsort(-flat[top], kind="stable")]

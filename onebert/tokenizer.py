@@ -211,7 +211,12 @@ class Tokenizer:
         """Learn a WordPiece vocabulary from text files (plain or .gz, UTF-8, one or more lines each).
 
         Special tokens get ids 0..4 ([PAD] [UNK] [CLS] [SEP] [MASK]). `lowercase=False` trains a cased
-        vocabulary (no lower-casing, no accent stripping), as BERT's cased models.
+        vocabulary (no lower-casing, no accent stripping), as BERT's cased models. Blank lines are
+        skipped and counted in `training_stats`.
+
+        Two runs on the same corpus can give different vocabularies (id order, and a few tokens
+        where merge counts tie): tokenizers 0.23's WordPiece trainer breaks ties in hash-map order
+        (huggingface/tokenizers#1794). Train once and keep the saved directory with the model.
         """
         paths = _check_training_files(files)
         if vocab_size <= len(SPECIAL_TOKENS):
@@ -248,7 +253,8 @@ class Tokenizer:
         """Encode texts (or text pairs) as `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]`.
 
         max_length: default `model_max_length` (512). truncation: "longest_first" (default, True),
-        "only_first", "only_second", or False. padding: True / "longest" pads to the longest sequence
+        "only_first", "only_second" (for pairs; a single text is simply cut), or False; a pair that
+        the chosen strategy cannot cut short enough raises OneBertError, as transformers raises. padding: True / "longest" pads to the longest sequence
         of the batch, "max_length" to max_length, False leaves lengths ragged (lists only).
         Returns a dict of input_ids, token_type_ids, attention_mask and, unless turned off,
         offset_mapping (character spans into the original text; (0, 0) for special and padding

@@ -20,6 +20,9 @@ COMMANDS: dict[str, str] = {
     "export": "onebert.commands.export",
     "embed": "onebert.commands.embed",
     "info": "onebert.commands.info",
+    "plot": "onebert.commands.plot",
+    "prepare": "onebert.commands.prepare",
+    "pretrain": "onebert.commands.pretrain",
     "tokenizer": "onebert.commands.tokenizer",
 }
 
@@ -41,6 +44,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         command_parser.add_argument("--config", metavar="FILE", default=None,
                                     help="YAML/TOML/JSON file of option values; command-line options override it")
         module.add_arguments(command_parser)
+        for nested in _nested_parsers(command_parser):
+            nested.add_argument("--config", metavar="FILE", default=None,
+                                help="YAML/TOML/JSON file of option values; command-line options override it")
         command_parser.set_defaults(_module=module)
         subparsers[name] = command_parser
     return parser, subparsers
@@ -53,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_file = _find_config_option(argv)
     if command in subparsers and config_file is not None:
         try:
-            _apply_option_file(config_file, subparsers[command])
+            _apply_option_file(config_file, _deepest_parser(subparsers[command], argv))
         except OneBertError as exc:
             print(f"onebert {command}: error: {exc}", file=sys.stderr)
             return 2
@@ -72,6 +78,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
+def _nested_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Sub-sub-command parsers (e.g. `onebert tokenizer train`)."""
+    return [p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
+
+
+def _deepest_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the innermost sub-command named in argv: the one whose options a config file sets."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for token in argv:
+                if token in action.choices:
+                    return _deepest_parser(action.choices[token], argv)
+    return parser
+
+
 def _find_config_option(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
         if arg == "--config" and i + 1 < len(argv):
@@ -85,8 +106,11 @@ def _apply_option_file(path: str, parser: argparse.ArgumentParser) -> None:
     """Make the file's values the parser's defaults; a positional the file gives becomes optional."""
     values = load_option_file(path, parser)
     for action in parser._actions:
-        if not action.option_strings and action.dest in values and action.nargs is None:
+        if action.dest not in values:
+            continue
+        if not action.option_strings and action.nargs is None:
             action.nargs = "?"
+        action.required = False  # the file supplies it
     parser.set_defaults(**values)
 
 

@@ -68,3 +68,11 @@ def test_import_onebert_does_not_import_torch():
     code = "import sys, onebert, onebert.cli; onebert.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_config_file_reaches_nested_subcommands(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat.\nthe dog sat on the log.\n" * 50)
+    (tmp_path / "tok.yaml").write_text(f"input: [{corpus}]\nvocab-size: 120\noutput: {tmp_path / 'tok'}\n")
+    assert main(["tokenizer", "train", "--config", str(tmp_path / "tok.yaml")]) == 0
+    assert (tmp_path / "tok" / "vocab.txt").is_file()

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from onebert.errors import OneBertError
 
 COMMANDS: dict[str, str] = {
+    "demo": "onebert.commands.demo",
     "export": "onebert.commands.export",
     "embed": "onebert.commands.embed",
     "info": "onebert.commands.info",

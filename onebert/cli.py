@@ -18,12 +18,13 @@ from onebert.errors import OneBertError
 
 COMMANDS: dict[str, str] = {
     "demo": "onebert.commands.demo",
-    "export": "onebert.commands.export",
     "embed": "onebert.commands.embed",
+    "export": "onebert.commands.export",
     "info": "onebert.commands.info",
     "plot": "onebert.commands.plot",
     "prepare": "onebert.commands.prepare",
     "pretrain": "onebert.commands.pretrain",
+    "serve": "onebert.commands.serve",
     "tokenizer": "onebert.commands.tokenizer",
 }
 

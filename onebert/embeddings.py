@@ -154,9 +154,17 @@ class Embedder:
         return cls(directory, pooling=pooling or declared.pooling,
                    normalize=declared.normalize if normalize is None else normalize, **kwargs)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> EmbeddingResult:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, *,
+               pooling: str | None = None, normalize: bool | None = None) -> EmbeddingResult:
+        """pooling / normalize override the embedder's settings for this call only."""
         if batch_size < 1:
             raise OneBertError(f"batch_size must be positive, got {batch_size}")
+        pooling = self.pooling if pooling is None else pooling
+        normalize = self.normalize if normalize is None else normalize
+        if pooling not in POOLING_MODES:
+            raise OneBertError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
+        if pooling == "pooler" and self.model.pooler is None:
+            raise OneBertError("this model has no pooler layer; use pooling 'mean' or 'cls'")
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
@@ -174,7 +182,7 @@ class Embedder:
             order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
             for b in range(0, len(order), batch_size):
                 rows = order[b:b + batch_size]
-                out[[start + r for r in rows]] = self._embed_batch([ids[r] for r in rows])
+                out[[start + r for r in rows]] = self._embed_batch([ids[r] for r in rows], pooling, normalize)
                 if bar is not None:
                     bar.update(len(rows))
         if bar is not None:
@@ -191,7 +199,7 @@ class Embedder:
                 encoded[i] = ids[:self.max_length - 1] + ids[-1:]
         return encoded
 
-    def _embed_batch(self, batch: list[list[int]]) -> np.ndarray:
+    def _embed_batch(self, batch: list[list[int]], pooling: str, normalize: bool) -> np.ndarray:
         import torch
 
         length = max(len(ids) for ids in batch)
@@ -200,8 +208,8 @@ class Embedder:
         mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in batch], device=self.device)
         with torch.inference_mode():
             output = self.model(input_ids, attention_mask=mask)
-            vectors = pool(output.last_hidden_state, mask, self.pooling, output.pooler_output)
-            if self.normalize:
+            vectors = pool(output.last_hidden_state, mask, pooling, output.pooler_output)
+            if normalize:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return vectors.float().cpu().numpy()
 

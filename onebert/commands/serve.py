@@ -1,0 +1,53 @@
+"""`onebert serve`: the model behind an HTTP JSON API with dynamic batching."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve a model over HTTP: /predict, /embed, /health, OpenAPI at /docs"
+DESCRIPTION = (
+    "Serve a model directory over HTTP (FastAPI + uvicorn). POST /predict runs the model's task "
+    "(config.json onebert.task: classification {\"texts\": [...]} or pairs {\"texts\": [[a, b], ...]}, "
+    "ner {\"texts\": [...]}, qa {\"question\": ..., \"context\": ...} or a list of them); POST /embed returns "
+    "sentence embeddings for {\"texts\": [...]}; GET /health; the OpenAPI schema is at /openapi.json and /docs. "
+    "Concurrent requests are batched together: up to --max-batch-size items, waiting at most "
+    "--max-latency-ms for company; at most --max-queue requests wait, more get 503.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch-size", type=int, default=32, help="items per forward pass")
+    parser.add_argument("--max-latency-ms", type=float, default=10.0,
+                        help="longest a request waits for others to share its batch")
+    parser.add_argument("--max-queue", type=int, default=256, help="waiting requests per endpoint before 503")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens per text (default: the model's limit); longer texts get 422")
+    parser.add_argument("--max-texts", type=int, default=128, help="items per request; more get 413")
+    parser.add_argument("--max-text-chars", type=int, default=100_000, help="characters per text; more get 413")
+    parser.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="request body size; more get 413")
+    parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from onebert.serve.app import ServeSettings, create_app
+        from onebert.serve.server import serve_forever
+    except ModuleNotFoundError as exc:
+        from onebert.errors import OneBertError
+
+        raise OneBertError(f"serving needs {exc.name}: pip install 'onebert[serve]' "
+                           f"(fastapi, uvicorn)") from None
+
+    settings = ServeSettings(max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
+                             max_queue=args.max_queue, max_length=args.max_length, max_texts=args.max_texts,
+                             max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,
+                             request_timeout_s=args.request_timeout, device=args.device)
+    app = create_app(args.model, settings)
+    routes = "/predict, /embed" if "predict" in app.state.batchers else "/embed (no task head: no /predict)"
+    print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health; docs at /docs", flush=True)
+    serve_forever(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -19,11 +19,15 @@ WORDS = ("the a cat dog sat ran on under over mat house garden river tree bird s
 
 
 def write_corpus(path, documents=40, sentences=12, seed=0):
-    """A one-sentence-per-line corpus of random sentences, blank lines between documents."""
+    """A one-sentence-per-line corpus of random sentences, blank lines between documents.
+
+    Every sentence of document d names the year 1800 + d (one token in BERT's vocabulary), so a
+    token tells which document it came from.
+    """
     rng = random.Random(seed)
     docs = []
-    for _ in range(documents):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))).capitalize() + "."
+    for d in range(documents):
+        lines = [f"In {1800 + d} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + "."
                  for _ in range(sentences)]
         docs.append("\n".join(lines))
     path.write_text("\n\n".join(docs) + "\n")
@@ -166,6 +170,34 @@ def test_metadata_records_tokenizer_settings_counts_and_validation_split(small_d
     small_data.check_compatible(tokenizer=tok, vocab_size=30522, max_position_embeddings=512)
 
 
+def test_held_out_documents_never_reach_the_training_shards(small_data):
+    tok = small_data.tokenizer
+    year_ids = dict(zip(tok.convert_tokens_to_ids([str(1800 + d) for d in range(60)]), range(60)))
+
+    def documents_in(store):
+        seen = set()
+        for shard in store.shards:
+            seen.update(year_ids[t] for t in np.unique(shard.tokens).tolist() if t in year_ids)
+        return seen
+
+    train, held_out = documents_in(small_data.train), documents_in(small_data.validation)
+    assert len(held_out) == small_data.metadata["splits"]["validation"]["documents"] >= 2
+    assert not train & held_out and len(train | held_out) == 60
+
+
+def test_blocks_hold_at_least_two_documents_and_a_lone_last_document_joins_the_previous_block():
+    from onebert.data.corpus import Document
+    from onebert.data.pretraining import _BlockBuilder
+
+    builder = _BlockBuilder("train", size=100)
+    released = []
+    for i in range(7):
+        released += builder.add(i, Document(["x" * 60], f"doc{i}"))
+        assert builder.held is None or len(builder.held.documents) >= 2  # at most one block held back
+    released += builder.finish()
+    assert [[i for i, _ in b.documents] for b in released] == [[0, 1], [2, 3], [4, 5, 6]]
+
+
 # ---------------------------------------------------------------------------------------------- reading back
 
 def test_feistel_shuffle_is_a_permutation_for_any_size():
@@ -223,6 +255,18 @@ def test_two_ranks_read_disjoint_halves_of_each_global_batch_exactly_as_one_rank
             assert np.array_equal(np.concatenate(halves_padded), whole[key])
         else:
             assert np.array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+
+
+def test_resume_accepts_another_split_of_the_same_global_batch_and_refuses_another_seed_or_batch(small_data):
+    single = small_data.train_batches(16, seed=9, return_tensors=None)
+    take(single, 3)
+    state = single.state_dict()
+    rank1 = small_data.train_batches(8, seed=9, rank=1, world_size=2, return_tensors=None)
+    rank1.load_state_dict(state)
+    assert np.array_equal(rank1.indices(rank1.epoch, rank1.batch), single.indices(0, 3)[8:])
+    for other in (small_data.train_batches(16, seed=10), small_data.train_batches(8, seed=9)):
+        with pytest.raises(OneBertError, match="cannot resume the data position"):
+            other.load_state_dict(state)
 
 
 def test_batches_are_padded_long_tensors_ready_for_bert_for_pretraining(small_data):

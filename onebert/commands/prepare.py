@@ -26,20 +26,21 @@ def _size(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onebert.data.corpus import FORMATS
 
-    parser.add_argument("--corpus", nargs="+", metavar="PATH", required=False,
+    parser.add_argument("--corpus", nargs="+", metavar="PATH", required=True,
                         help="text files, directories (read recursively), glob patterns or .gz files")
-    parser.add_argument("--output", metavar="DATA_DIR", help="the data directory to create")
+    parser.add_argument("--output", metavar="DATA_DIR", required=True, help="the data directory to create")
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer (a model or tokenizer directory)")
     vocab.add_argument("--vocab-size", type=int, metavar="N", help="train a WordPiece vocabulary of N tokens on the corpus")
-    parser.add_argument("--cased", action="store_true", help="with --vocab-size: keep case (default: lower-case)")
+    parser.add_argument("--cased", action="store_true", help="with --vocab-size: a cased vocabulary (otherwise text is lower-cased)")
     parser.add_argument("--min-frequency", type=int, default=2, help="with --vocab-size: minimum pair frequency")
     parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per instance, [CLS] and [SEP]s included")
     parser.add_argument("--dupe-factor", type=int, default=5,
                         help="passes over the corpus, each with different A/B cuts (training split)")
     parser.add_argument("--short-seq-prob", type=float, default=0.1,
                         help="probability that a document gets a random shorter target length")
-    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--seed", type=int, default=12345,
+                        help="seeds the A/B cuts, the NotNext partners and the choice of held-out documents")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes (the output does not depend on it)")
     parser.add_argument("--shard-size", type=_size, default="4M",
@@ -59,10 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from onebert.data.pretraining import PrepareConfig, prepare_pretraining_data
     from onebert.errors import OneBertError
 
-    if not args.corpus:
-        raise OneBertError("--corpus is required (files, directories or glob patterns)")
-    if not args.output:
-        raise OneBertError("--output is required (the data directory to create)")
     if args.tokenizer is None and args.vocab_size is None:
         raise OneBertError("give --tokenizer DIR (an existing vocabulary) or --vocab-size N (train one on the corpus)")
     config = PrepareConfig(max_seq_length=args.max_seq_length, dupe_factor=args.dupe_factor,
@@ -83,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     corpus_tokens = train["corpus_tokens"] + validation["corpus_tokens"]
     summary = metadata["corpus"]["summary"]
     print(f"wrote {args.output}: {train['instances']:,} training instances ({train['tokens']:,} tokens, "
-          f"{len(train['shards'])} shards, IsNext {train['is_next_fraction']:.1%}) from {train['documents']:,} "
+          f"{len(train['shards'])} shard(s), IsNext {train['is_next_fraction']:.1%}) from {train['documents']:,} "
           f"documents; {validation['instances']:,} validation instances from {validation['documents']:,} documents")
     print(f"read {summary['files']} file(s), {summary['bytes'] / 1e6:.1f} MB, {corpus_tokens:,} corpus tokens "
           f"in {seconds:.1f} s ({corpus_tokens / max(seconds, 1e-9):,.0f} tokens/s, {args.workers} worker(s))")

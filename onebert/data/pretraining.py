@@ -11,8 +11,10 @@ creates the instances (onebert.data.instances) and writes the shard's arrays. So
   the same shard. With the default 4 MB shards that is a few hundred documents (chapters of
   several books). The pool depends only on the corpus, its order and `shard_size`;
 - the result is deterministic: each block's random generator is seeded from (seed, split, block
-  index), so the same corpus, seed and shard size give bit-identical shards for any number of
-  workers (more than required: the same worker count is not needed).
+  index), so the same corpus, tokenizer, seed and shard size give bit-identical shards for any
+  number of workers. (With --vocab-size the vocabulary itself may differ between runs, see
+  `Tokenizer.train`; the trained tokenizer is saved in DATA_DIR/tokenizer, and passing it back
+  with --tokenizer reproduces the shards exactly.)
 
 Validation: a document goes to the held-out split when a hash of (seed, document index) falls
 below `validation_fraction`; held-out documents form their own blocks (NotNext partners come from
@@ -114,7 +116,6 @@ class _BlockBuilder:
         self.size = size
         self.current = _Block(split)
         self.held: _Block | None = None
-        self.released = 0
         self.documents = 0
 
     def add(self, doc_id: int, document: Document) -> list[_Block]:
@@ -166,8 +167,6 @@ class ShardResult:
     corpus_tokens: int
     sentences_without_text: int
     sha256: str
-    # provenance for tests and debugging, not stored: (doc ids per pool index, the instance spans)
-    debug: Any = None
 
 
 _worker_tokenizer = None
@@ -213,7 +212,7 @@ def tokenize_documents(tokenizer, documents: Sequence[tuple[int, Document]]):
     return tokenized, len(flat), dropped
 
 
-def build_shard(task: ShardTask, tokenizer=None, keep_debug: bool = False) -> ShardResult:
+def build_shard(task: ShardTask, tokenizer=None) -> ShardResult:
     """Tokenize one block, create its NSP instances and write them as shard `<split>-<index>`."""
     import numpy as np
 
@@ -235,7 +234,7 @@ def build_shard(task: ShardTask, tokenizer=None, keep_debug: bool = False) -> Sh
     return ShardResult(split=task.split, name=name, instances=len(arrays), tokens=int(arrays.offsets[-1]),
                        is_next=int((arrays.labels == 0).sum()), documents=len(documents), sentences=sentences,
                        corpus_tokens=sum(len(d.tokens) for d in documents), sentences_without_text=dropped,
-                       sha256=sha, debug=(documents, spans) if keep_debug else None)
+                       sha256=sha)
 
 
 def _run_task(task: ShardTask) -> ShardResult:

@@ -227,12 +227,15 @@ class TrainBatches:
         self.batch = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "batch_size": self.batch_size,
-                "world_size": self.world_size, "num_instances": self.num_instances,
+        """The position of the next batch (plain JSON-able values, for a checkpoint)."""
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "global_batch_size": self.global_batch,
+                "batch_size": self.batch_size, "world_size": self.world_size, "num_instances": self.num_instances,
                 "data_fingerprint": self.data.fingerprint}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, mine in (("seed", self.seed), ("batch_size", self.batch_size), ("world_size", self.world_size),
+        """Continue from a saved position. Per-rank batch size and rank count may change as long as their
+        product (the global batch) does not: global batch g is the same instances with the same masks."""
+        for key, mine in (("seed", self.seed), ("global_batch_size", self.global_batch),
                           ("num_instances", self.num_instances), ("data_fingerprint", self.data.fingerprint)):
             if state.get(key) != mine:
                 raise OneBertError(f"cannot resume the data position: the checkpoint has {key}={state.get(key)!r}, "

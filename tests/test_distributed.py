@@ -30,7 +30,7 @@ def _train(run_dir: str, batch_size: int, rank: int, world_size: int, grad_accum
     from onebert.train.loop import TrainConfig, train
     from onebert.train.pretraining import PretrainingTask
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # two processes share two cores
     config = BertConfig(**CONFIG)
     torch.manual_seed(0)
     model = BertForPreTraining(config)
@@ -60,7 +60,11 @@ def _curve(run_dir, split="train"):
 def test_two_gloo_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path, monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    _train(str(tmp_path / "one"), batch_size=4, rank=0, world_size=1)
+    threads = torch.get_num_threads()
+    try:
+        _train(str(tmp_path / "one"), batch_size=4, rank=0, world_size=1)
+    finally:
+        torch.set_num_threads(threads)
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "two"), 2, 1), nprocs=2, join=True)
 
     one, two = _curve(tmp_path / "one"), _curve(tmp_path / "two")

@@ -189,6 +189,12 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -245,8 +251,12 @@ def _warmup_steps(config: TrainConfig, total: int) -> int:
 
 
 def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: dict[str, Any] | None = None,
-          dist: DistContext | None = None) -> TrainResult:
-    """Train `model` on `task` as `config` says; return where it ended. Rank 0 writes RUN_DIR."""
+          dist: DistContext | None = None, notes: dict[str, Any] | None = None) -> TrainResult:
+    """Train `model` on `task` as `config` says; return where it ended. Rank 0 writes RUN_DIR.
+
+    `options` are the command's option values (printed and saved as RUN_DIR/config.yaml, which
+    works as a --config file); `notes` are facts printed and saved beside them as comments.
+    """
     config.validate()
     run_dir = Path(config.output_dir)
     dist = dist or init_distributed(prec.device_type(config.device))
@@ -308,7 +318,7 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
     resolved = dict(options or {})
     resolved.update(device=str(device.type), precision=precision)
     summary = {
-        "world_size": dist.world_size, "global_batch": global_batch,
+        **(notes or {}), "world_size": dist.world_size, "global_batch": global_batch,
         "parameters": sum(p.numel() for p in {id(p): p for p in raw_model.parameters()}.values()),
         "optimizer": f"AdamW ({optimizer_kind(optimizer)})", "backend": dist.backend or "single process",
     }
@@ -318,8 +328,8 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
 
         from onebert.io_utils import atomic_write_text
 
-        text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None)
-        derived = "".join(f"# {k}: {v}\n" for k, v in summary.items())
+        text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False)
+        derived = "".join(f"# {k}: {_describe(v)}\n" for k, v in summary.items())
         say(f"configuration:\n{text}{derived}", end="")
         say(f"global batch = {task.batch_size} per rank x {dist.world_size} ranks x {config.grad_accum} "
             f"accumulation = {global_batch} sequences")

@@ -1,0 +1,183 @@
+"""`onebert pretrain`: train a BERT from scratch (masked LM + next-sentence prediction) on prepared data."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+HELP = "pretrain a BERT (MLM + NSP) on a data directory from `onebert prepare`"
+DESCRIPTION = (
+    "Pretrain a BERT from random weights on a data directory written by `onebert prepare`. Checkpoints "
+    "(RUN_DIR/checkpoints) allow an exact --resume; metrics go to RUN_DIR/metrics.jsonl (plot them with "
+    "`onebert plot RUN_DIR`); the trained model is written to RUN_DIR/final in HuggingFace layout. "
+    "Several processes: torchrun --nproc_per_node=N -m onebert pretrain ... "
+    "(global batch = --batch-size x N x --grad-accum). "
+    "Example: onebert pretrain --data data/ --model-config mini --output runs/mini --max-time 30m")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '30m', '1.5h', '1h30m', '2d'."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", value)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", value).strip():
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 30m, 1h30m, 2h)")
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from onebert.config import PRESETS
+
+    io = parser.add_argument_group("data, model and output")
+    io.add_argument("--data", metavar="DATA_DIR", help="a data directory written by `onebert prepare` (required)")
+    io.add_argument("--model-config", default="mini", metavar="NAME|FILE",
+                    help=f"a preset ({', '.join(PRESETS)}; takes the data's vocabulary size) or a config.json")
+    io.add_argument("--output", metavar="RUN_DIR", help="the run directory: checkpoints, metrics, final model (required)")
+    io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
+                    help="continue a run: 'auto' (or the bare flag) = the newest intact checkpoint in RUN_DIR")
+
+    length = parser.add_argument_group("length and batch")
+    length.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train")
+    length.add_argument("--max-time", type=parse_duration, default=None, metavar="DURATION",
+                        help="time budget (e.g. 30m, 2h): stop on time, learning-rate decay fitted to the budget")
+    length.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch on each process")
+    length.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimizer step")
+
+    optim = parser.add_argument_group("optimizer")
+    optim.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
+    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    optim.add_argument("--warmup-ratio", type=float, default=None,
+                       help="warm-up as a fraction of all steps (default 0.06 when no --warmup-steps)")
+    optim.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear",
+                       help="decay after warm-up (to 0 at the end)")
+    optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
+    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping threshold")
+    optim.add_argument("--seed", type=int, default=42, help="seeds weights, data order, masks and dropout")
+
+    masking = parser.add_argument_group("masking")
+    masking.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of tokens predicted")
+    masking.add_argument("--max-predictions", type=int, default=None,
+                         help="most predictions per sequence (default: mlm-probability x max_seq_length)")
+    masking.add_argument("--whole-word-masking", action="store_true", help="mask all pieces of a word together")
+
+    run = parser.add_argument_group("logging, evaluation, checkpoints")
+    run.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
+    run.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (and at the end)")
+    run.add_argument("--eval-max-instances", type=int, default=None,
+                     help="evaluate on at most this many held-out instances (default: all)")
+    run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (and at the end)")
+    run.add_argument("--keep-last", type=int, default=3, help="checkpoints kept")
+
+    speed = parser.add_argument_group("hardware and speed")
+    speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
+    speed.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                       help="auto: bf16 where the hardware has it (CUDA, XPU, CPUs with AVX512-BF16/AMX), else fp32")
+    speed.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+    speed.add_argument("--ipex", action="store_true", help="optimize with Intel Extension for PyTorch (must be installed)")
+    speed.add_argument("--num-workers", type=int, default=1,
+                       help="0: build batches in the training thread; >= 1: build that many ahead in a background thread")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from onebert.config import PRESETS, resolve_config
+    from onebert.data import MaskingConfig, PretrainingData
+    from onebert.errors import OneBertError
+    from onebert.model import BertForPreTraining
+    from onebert.train import precision as prec
+    from onebert.train.distributed import init_distributed, shutdown
+    from onebert.train.loop import TrainConfig, train
+    from onebert.train.prefetch import PrefetchedBatches
+    from onebert.train.pretraining import PretrainingTask
+
+    if not args.data:
+        raise OneBertError("--data is required (a directory written by `onebert prepare`)")
+    if not args.output:
+        raise OneBertError("--output is required (the run directory)")
+    if args.bf16:
+        if args.precision not in ("auto", "bf16"):
+            raise OneBertError(f"--bf16 contradicts --precision {args.precision}")
+        args.precision = "bf16"
+    if args.batch_size < 1:
+        raise OneBertError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise OneBertError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.warmup_steps is None and args.warmup_ratio is None:
+        args.warmup_ratio = 0.06
+
+    # ---- everything is checked before anything is written
+    data = PretrainingData.open(args.data)
+    if args.model_config in PRESETS:
+        config = resolve_config(args.model_config, vocab_size=data.vocab_size, pad_token_id=data.pad_token_id)
+    else:
+        config = resolve_config(args.model_config)
+        if config.vocab_size != data.vocab_size:
+            raise OneBertError(f"{args.model_config}: vocab_size is {config.vocab_size} but {args.data} was built with "
+                               f"a vocabulary of {data.vocab_size} tokens; set vocab_size to {data.vocab_size} or "
+                               "prepare the data with this model's tokenizer")
+    data.check_compatible(vocab_size=config.vocab_size, max_position_embeddings=config.max_position_embeddings)
+    _check_model_tokenizer(args.model_config, data)
+    masking = MaskingConfig(mlm_probability=args.mlm_probability, max_predictions_per_seq=args.max_predictions,
+                            whole_word=args.whole_word_masking)
+    masking.validate()
+    loop_config = TrainConfig(
+        output_dir=args.output, max_steps=args.max_steps, max_time=args.max_time, grad_accum=args.grad_accum,
+        lr=args.lr, warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio if args.warmup_steps is None else None,
+        schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, seed=args.seed,
+        save_every=args.save_every, keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every,
+        resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device)
+    loop_config.validate()
+
+    dist = init_distributed(prec.device_type(args.device))
+    try:
+        batches = data.train_batches(args.batch_size, seed=args.seed, rank=dist.rank, world_size=dist.world_size,
+                                     masking=masking)
+        device_type = prec.device_type(args.device)
+        source = batches if args.num_workers == 0 else PrefetchedBatches(
+            batches, depth=2 * args.num_workers, pin_memory=device_type == "cuda")
+        eval_size = 2 * args.batch_size
+
+        def eval_data():
+            return data.validation_batches(eval_size, seed=0, rank=dist.rank, world_size=dist.world_size,
+                                           masking=masking, max_instances=args.eval_max_instances)
+
+        task = PretrainingTask(config, source, args.batch_size,
+                               eval_data=eval_data if data.num_validation_instances else None,
+                               tokenizer_files=sorted(p for p in data.tokenizer_dir.iterdir() if p.is_file()))
+        torch.manual_seed(args.seed)
+        model = BertForPreTraining(config)
+        if dist.is_main:
+            print(f"model: {args.model_config} ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+                  f"{config.num_attention_heads} heads, vocab {config.vocab_size}); data: {args.data} "
+                  f"({len(data.train):,} training / {data.num_validation_instances:,} held-out instances of up to "
+                  f"{data.max_seq_length} tokens, {batches.batches_per_epoch:,} global batches per epoch)")
+            if not data.num_validation_instances:
+                print("note: the data has no held-out split; no evaluation (prepare with --validation-fraction > 0)")
+        options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
+        shape = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))}
+        result = train(task, model, loop_config, options=options, dist=dist, notes={"model": shape})
+    finally:
+        shutdown(dist)
+    if result.interrupted:
+        return 130
+    if dist.is_main and result.eval_metrics:
+        m = result.eval_metrics
+        print(f"held-out: MLM accuracy {m['mlm_accuracy']:.1%} (loss {m['mlm_loss']:.3f}), "
+              f"NSP accuracy {m['nsp_accuracy']:.1%} (loss {m['nsp_loss']:.3f})")
+    return 0
+
+
+def _check_model_tokenizer(model_config: str, data) -> None:
+    """A --model-config that is a model directory with a tokenizer must use the data's vocabulary."""
+    from pathlib import Path
+
+    directory = Path(model_config)
+    if not directory.is_dir() or not any((directory / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+        return
+    from onebert.tokenizer import Tokenizer
+
+    data.check_compatible(tokenizer=Tokenizer.from_pretrained(directory))

@@ -1,0 +1,85 @@
+"""Training curves from a run's metrics.jsonl as one PNG: losses, accuracies, learning rate, throughput.
+
+Works for any run of the training loop (pretraining or fine-tuning): panels are chosen by metric
+names, train records are lines and evaluation records are lines with markers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from onebert.errors import OneBertError
+
+# (panel title, y label, test on a metric name)
+PANELS = (
+    ("loss", "loss", lambda k: k == "loss" or k.endswith("_loss")),
+    ("accuracy and scores", "score", lambda k: k.endswith(("accuracy", "f1", "exact_match", "mcc", "pearson",
+                                                            "spearman", "precision", "recall"))),
+    ("learning rate", "lr", lambda k: k == "lr"),
+    ("throughput", "tokens/s", lambda k: k == "tokens_per_s"),
+    ("model FLOPs utilisation", "MFU", lambda k: k == "mfu"),
+    ("gradient norm", "norm", lambda k: k == "grad_norm"),
+)
+
+
+def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """Write the curves of RUN_DIR/metrics.jsonl to `output` (default RUN_DIR/curves.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from onebert.io_utils import atomic_path
+    from onebert.train.metrics_log import METRICS_FILE, read_metrics
+
+    run_dir = Path(run_dir)
+    metrics_file = run_dir / METRICS_FILE
+    if not metrics_file.is_file():
+        raise OneBertError(f"{metrics_file}: no metrics file (is {run_dir} a run directory of `onebert pretrain` "
+                           "or `onebert finetune`?)")
+    records = read_metrics(metrics_file)
+    if not records:
+        raise OneBertError(f"{metrics_file}: holds no metric records yet")
+    series = _series(records)
+    panels = [(title, label, [k for k in series if test(k[1])]) for title, label, test in PANELS]
+    panels = [p for p in panels if p[2]]
+    columns = 2
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(12, 3.6 * rows), squeeze=False)
+    for ax, (title, label, keys) in zip(axes.flat, panels):
+        for split, name in sorted(keys):
+            steps, values = series[(split, name)]
+            style = {"marker": "o", "markersize": 3, "linestyle": "--"} if split == "eval" else {"linewidth": 1.2}
+            ax.plot(steps, values, label=f"{split} {name}", **style)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    figure.suptitle(str(run_dir.resolve().name))
+    figure.tight_layout()
+    output = Path(output) if output is not None else run_dir / "curves.png"
+    with atomic_path(output) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return output
+
+
+def _series(records: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
+    series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+    for record in records:
+        split, step = record.get("split", "train"), record.get("step")
+        if step is None:
+            continue
+        for key, value in record.items():
+            if key in ("split", "step", "elapsed_s") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            steps, values = series.setdefault((split, key), ([], []))
+            steps.append(step)
+            values.append(value)
+    return series

@@ -203,3 +203,23 @@ def test_nonexistent_path_and_unmatched_glob_are_errors_naming_them(tmp_path):
         read([tmp_path / "nope.txt"])
     with pytest.raises(OneBertError, match=r"\*\.xyz: no files match"):
         read([tmp_path / "*.xyz"])
+
+
+@pytest.mark.parametrize("layout", ["lines", "prose", "jsonl"])
+def test_a_document_without_boundaries_is_cut_into_bounded_pieces_and_counted(layout, tmp_path):
+    from onebert.data.corpus import MAX_DOCUMENT_CHARS
+
+    sentence = "The river ran past the old mill and on towards the sea."
+    count = 2 * MAX_DOCUMENT_CHARS // len(sentence) + 100
+    if layout == "lines":
+        text = "\n".join([sentence] * count) + "\n"
+    elif layout == "prose":
+        text = "\n".join([sentence] * count) + "\n"  # no blank line anywhere: one endless paragraph
+    else:
+        text = json.dumps({"text": "\n\n".join([sentence] * count)}) + "\n"
+    f = tmp_path / ("big.jsonl" if layout == "jsonl" else "big.txt")
+    f.write_text(text)
+    docs, summary = read([f], format=layout)
+    assert len(docs) == 3 and summary.long_documents == 1
+    assert all(d.num_chars <= MAX_DOCUMENT_CHARS + len(sentence) for d in docs)
+    assert sum(len(d.sentences()) for d in docs) == count

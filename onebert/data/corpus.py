@@ -23,7 +23,9 @@ Formats (`--format`, chosen per file by `detect_format` when "auto"):
 Nothing is dropped silently: undecodable bytes (replaced by U+FFFD), binary files (NUL bytes in
 the first 8 KiB; skipped with a warning naming the file), empty documents, over-long lines (cut
 into 1 MB pieces), invalid JSON lines, headings and Gutenberg boilerplate are counted in a
-`CorpusSummary` that `onebert prepare` prints.
+`CorpusSummary` that `onebert prepare` prints. Documents longer than 1 M characters (a file
+without any document boundary) are cut into pieces at sentence/paragraph boundaries and counted,
+so that memory stays bounded whatever the input.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ BINARY_SNIFF_BYTES = 8192
 FORMAT_SNIFF_BYTES = 1 << 16
 GAP_BLANK_LINES = 3                 # this many blank lines in a row end a prose document
 MIN_DOCUMENT_CHARS = 500            # shorter prose pieces are merged into the next document
+MAX_DOCUMENT_CHARS = 1_000_000      # longer documents are cut into pieces (bounds memory; counted)
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 _ALNUM_STRICT = re.compile(r"[^\W_]")
@@ -176,6 +179,7 @@ class CorpusSummary:
     undecodable_lines: int = 0
     files_with_undecodable_bytes: list[str] = field(default_factory=list)
     long_lines: int = 0
+    long_documents: int = 0
     empty_documents: int = 0
     units_without_text: int = 0
     headings_removed: int = 0
@@ -197,6 +201,9 @@ class CorpusSummary:
                          f"{', '.join(self.files_with_undecodable_bytes[:5])}")
         if self.long_lines:
             lines.append(f"{self.long_lines} line(s) longer than {MAX_LINE_BYTES} bytes were cut into pieces")
+        if self.long_documents:
+            lines.append(f"{self.long_documents} document(s) longer than {MAX_DOCUMENT_CHARS:,} characters were cut "
+                         "into pieces (each piece is a document)")
         if self.empty_documents:
             lines.append(f"{self.empty_documents} empty document(s) skipped")
         if self.units_without_text:
@@ -448,9 +455,9 @@ def is_heading(line: str) -> bool:
     return 0 < len(line) <= 80 and any(pattern.match(line) for pattern in _HEADINGS)
 
 
-def _is_title_line(paragraph: list[str]) -> bool:
+def _is_title_line(line: str) -> bool:
     """A short line without sentence punctuation right after a heading is the chapter's title."""
-    return len(paragraph) == 1 and len(paragraph[0]) <= 80 and not _TERMINAL.search(paragraph[0].strip())
+    return len(line) <= 80 and not _TERMINAL.search(line.strip())
 
 
 class _ProseDocuments:
@@ -472,6 +479,8 @@ class _ProseDocuments:
         after_heading = False
         pending: Document | None = None  # a piece too short to stand alone, merged forward
         held: Document | None = None     # the last full document, held back in case a short tail follows
+        size = _LongDocuments(self.summary)
+        paragraph_chars = 0
 
         def close_document() -> Iterator[Document]:
             nonlocal paragraphs, pending, held
@@ -496,21 +505,26 @@ class _ProseDocuments:
             held = document
 
         def end_paragraph() -> Iterator[Document]:
-            nonlocal paragraph, after_heading, doc_line
+            nonlocal paragraph, paragraph_chars, after_heading, doc_line
             if not paragraph:
                 return
             text = " ".join(paragraph)
-            if len(paragraph) == 1 and is_heading(text):
+            one_line = len(paragraph) == 1
+            paragraph, paragraph_chars = [], 0
+            if one_line and is_heading(text):
                 self.summary.headings_removed += 1
                 yield from close_document()
+                size.boundary()
                 after_heading = True
                 doc_line = lineno + 1
-            elif after_heading and not paragraphs and _is_title_line(paragraph):
+            elif after_heading and not paragraphs and one_line and _is_title_line(text):
                 self.summary.headings_removed += 1
             else:
                 paragraphs.append(text)
                 after_heading = False
-            paragraph = []
+                if size.full(len(text)):
+                    yield from close_document()
+                    doc_line = lineno + 1
 
         lineno = 0
         for lineno, line in lines:
@@ -521,9 +535,13 @@ class _ProseDocuments:
                 continue
             if blank_run >= GAP_BLANK_LINES and paragraphs:
                 yield from close_document()
+                size.boundary()
                 doc_line = lineno
             blank_run = 0
             paragraph.append(stripped)
+            paragraph_chars += len(stripped) + 1  # with the space that joins it
+            if paragraph_chars >= MAX_DOCUMENT_CHARS:  # a file without blank lines: cut the paragraph
+                yield from end_paragraph()
         yield from end_paragraph()
         yield from close_document()
         if pending is not None and held is not None:
@@ -555,10 +573,34 @@ class _ProseDocuments:
             yield lineno, line
 
 
+class _LongDocuments:
+    """Cuts a document that grows past MAX_DOCUMENT_CHARS, counting each cut document once."""
+
+    def __init__(self, summary: CorpusSummary):
+        self.summary = summary
+        self.chars = 0
+        self.cut = False
+
+    def full(self, added: int) -> bool:
+        self.chars += added
+        if self.chars < MAX_DOCUMENT_CHARS:
+            return False
+        if not self.cut:
+            self.summary.long_documents += 1
+            self.cut = True
+        self.chars = 0
+        return True
+
+    def boundary(self) -> None:
+        self.chars = 0
+        self.cut = False
+
+
 def _lines_documents(path: Path, summary: CorpusSummary, lines: Iterable[tuple[int, str]]) -> Iterator[Document]:
     sentences: list[str] = []
     lines_seen = 0
     start = 1
+    size = _LongDocuments(summary)
     for lineno, line in lines:
         stripped = line.strip()
         if not stripped:
@@ -569,10 +611,15 @@ def _lines_documents(path: Path, summary: CorpusSummary, lines: Iterable[tuple[i
             sentences = []
             lines_seen = 0
             start = lineno + 1
+            size.boundary()
             continue
         lines_seen += 1
         if has_text(stripped):
             sentences.append(stripped)
+            if size.full(len(stripped)):
+                yield Document(sentences, f"{path}:{start}", presplit=True)
+                sentences = []
+                start = lineno + 1
         else:
             summary.units_without_text += 1
     if sentences:
@@ -587,11 +634,13 @@ _WIKITEXT_JOINS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
 def _wikitext_documents(path: Path, summary: CorpusSummary, lines: Iterable[tuple[int, str]]) -> Iterator[Document]:
     paragraphs: list[str] = []
     start = 1
+    size = _LongDocuments(summary)
     for lineno, line in lines:
         if _WIKITEXT_TITLE.match(line):
             if paragraphs:
                 yield Document(paragraphs, f"{path}:{start}")
             paragraphs = []
+            size.boundary()
             start = lineno
             summary.headings_removed += 1
             continue
@@ -605,6 +654,10 @@ def _wikitext_documents(path: Path, summary: CorpusSummary, lines: Iterable[tupl
             text = text.replace(joined, plain)
         if has_text(text):
             paragraphs.append(text)
+            if size.full(len(text)):
+                yield Document(paragraphs, f"{path}:{start}")
+                paragraphs = []
+                start = lineno + 1
         else:
             summary.units_without_text += 1
     if paragraphs:
@@ -647,10 +700,17 @@ def _jsonl_documents(path: Path, summary: CorpusSummary, lines: Iterable[tuple[i
                 units.append(p)
             else:
                 summary.units_without_text += 1
-        if units:
-            yield Document(units, f"{path}:{lineno}")
-        else:
+        if not units:
             summary.empty_documents += 1
+        size = _LongDocuments(summary)
+        piece: list[str] = []
+        for unit in units:
+            piece.append(unit)
+            if size.full(len(unit)):
+                yield Document(piece, f"{path}:{lineno}")
+                piece = []
+        if piece:
+            yield Document(piece, f"{path}:{lineno}")
     if records == 0 and first_bad is not None:
         raise OneBertError(f"{path}: line {first_bad}: not valid JSON (is this file really JSONL?)")
     if records and not with_field:

@@ -8,6 +8,9 @@ same global batches with the same masks; only the split differs.
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import torch
 
 MASK_ID, CLS_ID, SEP_ID, FIRST_WORD_ID = 4, 2, 3, 5
@@ -73,3 +76,24 @@ class SyntheticBatches:
         held_out = SyntheticBatches(self.vocab_size, self.max_length, self.batch_size, self.rank, self.world_size,
                                     seed=self.seed + 7919)
         return lambda: [held_out.batch(10_000 + i) for i in range(count)]
+
+
+WORDS = ("the a one cat dog bird fish sat ran flew swam on under over near mat tree river house hill red "
+         "green small big old new quickly slowly and then because while after before it they we").split()
+
+
+def prepare_small_corpus(root: Path) -> Path:
+    """40 documents of made-up sentences, prepared by `onebert prepare` into root/data (48-token instances)."""
+    from onebert.cli import main
+
+    rng = random.Random(0)
+    documents = []
+    for _ in range(40):
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
+                     for _ in range(rng.randint(8, 16))]
+        documents.append("\n".join(sentences))
+    (root / "corpus.txt").write_text("\n\n".join(documents) + "\n")
+    assert main(["prepare", "--corpus", str(root / "corpus.txt"), "--format", "lines", "--vocab-size", "1000",
+                 "--max-seq-length", "48", "--validation-fraction", "0.2", "--workers", "1", "--no-progress",
+                 "--output", str(root / "data")]) == 0
+    return root / "data"

@@ -9,7 +9,7 @@ import types
 
 import pytest
 import torch
-from synthetic_pretraining import SyntheticBatches
+from synthetic_pretraining import SyntheticBatches, prepare_small_corpus
 
 from onebert.errors import OneBertError
 from onebert.model import BertForPreTraining
@@ -200,29 +200,9 @@ def test_bf16_autocast_trains_on_cpu(tiny_config, tmp_path):
 
 # ----------------------------------------------------------------------------- the command line
 
-WORDS = ("the a one cat dog bird fish sat ran flew swam on under over near mat tree river house hill red "
-         "green small big old new quickly slowly and then because while after before it they we").split()
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A small corpus prepared by `onebert prepare` (documents of made-up sentences)."""
-    import random
-
-    from onebert.cli import main
-
-    root = tmp_path_factory.mktemp("prepared")
-    rng = random.Random(0)
-    documents = []
-    for _ in range(40):
-        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
-                     for _ in range(rng.randint(8, 16))]
-        documents.append("\n".join(sentences))
-    (root / "corpus.txt").write_text("\n\n".join(documents) + "\n")
-    assert main(["prepare", "--corpus", str(root / "corpus.txt"), "--format", "lines", "--vocab-size", "1000",
-                 "--max-seq-length", "48", "--validation-fraction", "0.2", "--workers", "1", "--no-progress",
-                 "--output", str(root / "data")]) == 0
-    return root / "data"
+    return prepare_small_corpus(tmp_path_factory.mktemp("prepared"))
 
 
 def _pretrain_args(data, run_dir, *extra):

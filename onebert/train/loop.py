@@ -273,11 +273,6 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
     elif ckpt.list_checkpoints(run_dir):
         raise OneBertError(f"{run_dir}: already holds a training run (checkpoints/); pass --resume to continue "
                            "it or choose another --output")
-    if resumed is not None:
-        saved_world = len(resumed[1]["ranks"])
-        if saved_world != dist.world_size:
-            raise OneBertError(f"{resumed[0]}: written by {saved_world} processes; resume it with the same "
-                               f"number (this run has {dist.world_size}) so each rank continues its own data")
 
     # ---- model, optimizer, schedule
     raw_model = model.to(device)
@@ -298,9 +293,17 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
             scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
         trainer_state.update(state["trainer"])
-        own = state["ranks"][dist.rank]
-        task.load_data_state(own["data"])
-        ckpt.restore_rng_state(own["rng"])
+        saved_world = len(state["ranks"])
+        if saved_world == dist.world_size:
+            task.load_data_state(state["ranks"][dist.rank]["data"])
+            ckpt.restore_rng_state(state["ranks"][dist.rank]["rng"])
+        else:
+            # The data position is that of the global batch (the same on every rank), so it carries
+            # over when the task's data can re-split it; per-rank dropout streams cannot.
+            task.load_data_state(state["ranks"][0]["data"])
+            torch.manual_seed(config.seed + dist.rank + 1_000_003 * step)
+            say(f"resume: the checkpoint was written by {saved_world} process(es), this run has {dist.world_size}; "
+                "the data position carries over, dropout randomness differs from an uninterrupted run")
         if config.max_steps is not None and config.max_time is None and schedule.total_steps != config.max_steps:
             schedule.refit(step, config.max_steps)  # --max-steps changed on resume: decay to the new end
         say(f"resume: continuing from {path} (step {step})")

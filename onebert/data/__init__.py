@@ -1,6 +1,6 @@
 """Data for pretraining (and the task readers in `onebert.data.tasks`).
 
-Pretraining data flows through four small modules:
+Pretraining data flows through five small modules:
 
 - `corpus`       text files -> documents of sentences (formats, Gutenberg, WikiText, JSONL, .gz; a summary
                  of everything skipped);

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,19 @@ _KNOWN_FOREIGN_FIELDS = {
 }
 
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# Upper bounds far above any published BERT (largest vocabularies ~250k, hidden 1024-4096), so that a
+# corrupt or hostile config.json is refused before a model of that shape is allocated: a hidden_size
+# of 10**9 would otherwise ask torch for terabytes.
+_MAX_SIZES = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "num_hidden_layers": 1024, "num_attention_heads": 1 << 16,
+    "intermediate_size": 1 << 18, "max_position_embeddings": 1 << 20, "type_vocab_size": 1 << 16,
+    "num_labels": 1 << 20,
+}
+# The fields can each be in range and still multiply into an absurd model; 2**35 parameters
+# (137 GB in fp32) is several times the largest BERT-style encoder published.
+MAX_PARAMETERS = 1 << 35
 
 
 @dataclass
@@ -64,34 +79,57 @@ class BertConfig:
 
     def validate(self, source: str = "config") -> None:
         """Refuse shapes no model can have, naming the field: a bad config must not become a bad model."""
-        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
-        for name in positive:
+        for name, largest in _MAX_SIZES.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise OneBertError(f"{source}: field '{name}' must be a positive integer, got {value!r}")
+                raise OneBertError(f"{source}: field '{name}' must be a positive integer, got {_show(value)}")
+            if value > largest:
+                raise OneBertError(f"{source}: field '{name}' is {_show(value)}, more than the {largest} onebert accepts "
+                                   "(a corrupt config.json?)")
+        parameters = self.estimated_parameters()
+        if parameters > MAX_PARAMETERS:
+            raise OneBertError(f"{source}: these sizes give about {parameters:.3g} parameters, more than the "
+                               f"{MAX_PARAMETERS:.3g} onebert accepts (a corrupt config.json?)")
         if self.hidden_size % self.num_attention_heads:
             raise OneBertError(
                 f"{source}: hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise OneBertError(f"{source}: field '{name}' must be in [0, 1), got {value!r}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
-            raise OneBertError(f"{source}: field 'layer_norm_eps' must be in (0, 1), got {self.layer_norm_eps!r}")
-        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range <= 0:
-            raise OneBertError(f"{source}: field 'initializer_range' must be positive, got {self.initializer_range!r}")
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise OneBertError(f"{source}: field '{name}' must be in [0, 1), got {_show(value)}")
+        if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
+            raise OneBertError(f"{source}: field 'layer_norm_eps' must be in (0, 1), got {_show(self.layer_norm_eps)}")
+        if not _is_number(self.initializer_range) or not 0 < self.initializer_range < math.inf:
+            raise OneBertError(f"{source}: field 'initializer_range' must be a positive finite number, "
+                               f"got {_show(self.initializer_range)}")
+        if self.classifier_dropout is not None and (not _is_number(self.classifier_dropout)
+                                                    or not 0.0 <= self.classifier_dropout < 1.0):
+            raise OneBertError(f"{source}: field 'classifier_dropout' must be null or in [0, 1), "
+                               f"got {_show(self.classifier_dropout)}")
         if self.hidden_act not in _ACTIVATIONS:
             raise OneBertError(f"{source}: field 'hidden_act' must be one of {', '.join(_ACTIVATIONS)}, "
-                               f"got {self.hidden_act!r}")
-        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
-            raise OneBertError(f"{source}: field 'pad_token_id' must be an id below vocab_size, got {self.pad_token_id!r}")
+                               f"got {_show(self.hidden_act)}")
+        if self.problem_type is not None and self.problem_type not in _PROBLEM_TYPES:
+            raise OneBertError(f"{source}: field 'problem_type' must be null or one of {', '.join(_PROBLEM_TYPES)}, "
+                               f"got {_show(self.problem_type)}")
+        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool) \
+                or not 0 <= self.pad_token_id < self.vocab_size:
+            raise OneBertError(f"{source}: field 'pad_token_id' must be an id below vocab_size, got {_show(self.pad_token_id)}")
+        if not isinstance(self.onebert, dict):
+            raise OneBertError(f"{source}: field 'onebert' must be an object, got {_show(self.onebert)}")
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-            if sorted(self.id2label) != list(range(len(self.id2label))):
-                raise OneBertError(f"{source}: field 'id2label' must map 0..N-1 to names, got keys {sorted(self.id2label)}")
-            self.num_labels = len(self.id2label)
+            self.id2label = _label_names(self.id2label, source) or None  # {} names nothing: num_labels stays
+            if self.id2label is not None:
+                self.num_labels = len(self.id2label)
+
+    def estimated_parameters(self) -> int:
+        """About the parameter count of a model of this shape (weights only; integer arithmetic, nothing allocated)."""
+        h = self.hidden_size
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h
+        layer = 4 * h * h + 2 * h * self.intermediate_size
+        heads = 2 * h * h + self.vocab_size + h * self.num_labels  # pooler, MLM transform and bias, classifier
+        return embeddings + self.num_hidden_layers * layer + heads
 
     @property
     def head_dim(self) -> int:
@@ -145,21 +183,27 @@ class BertConfig:
             else:
                 close = _closest(key, own)
                 hint = f" (did you mean '{close}'?)" if close else ""
-                raise OneBertError(f"{source}: unknown field '{key}'{hint}")
+                raise OneBertError(f"{source}: unknown field {_show(key)}{hint}")
         if "model_type" in data and data["model_type"] != "bert":
-            raise OneBertError(f"{source}: model_type is '{data['model_type']}', onebert reads BERT configs only")
+            raise OneBertError(f"{source}: model_type is {_show(data['model_type'])}, onebert reads BERT configs only")
         if data.get("position_embedding_type", "absolute") != "absolute":
-            raise OneBertError(f"{source}: position_embedding_type '{data['position_embedding_type']}' "
+            raise OneBertError(f"{source}: position_embedding_type {_show(data['position_embedding_type'])} "
                                "is not supported (only 'absolute', as in BERT)")
         for key in ("model_type",):
             extra.pop(key, None)
-        if "id2label" in kwargs and "num_labels" not in kwargs and kwargs["id2label"]:
-            kwargs["num_labels"] = len(kwargs["id2label"])
+        if kwargs.get("id2label") is not None:
+            names = _label_names(kwargs["id2label"], source)
+            if names and "num_labels" in kwargs and kwargs["num_labels"] != len(names):
+                raise OneBertError(f"{source}: num_labels is {_show(kwargs['num_labels'])} but id2label names "
+                                   f"{len(names)} labels")
+            if names:
+                kwargs["num_labels"] = len(names)
         try:
             config = cls(**kwargs, extra=extra)
+        except OneBertError as exc:  # __post_init__ validated without knowing the file: name it
+            raise OneBertError(f"{source}: {str(exc).removeprefix('config: ')}") from None
         except TypeError as exc:  # pragma: no cover - guarded by the field check above
             raise OneBertError(f"{source}: {exc}") from None
-        config.validate(source)
         return config
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -183,6 +227,8 @@ class BertConfig:
             raise OneBertError(f"{path}: not a UTF-8 text file") from None
         except json.JSONDecodeError as exc:
             raise OneBertError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+            raise OneBertError(f"{path}: invalid JSON: {str(exc).split(';')[0]}") from None
         return cls.from_dict(data, source=str(path))
 
 
@@ -196,6 +242,34 @@ def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> BertCon
         config = BertConfig.load(path)
         return dataclasses.replace(config, **overrides) if overrides else config
     raise OneBertError(f"model config '{text}': neither a preset ({', '.join(PRESETS)}) nor an existing file")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit` characters: a hostile value must not turn an error into a page of text."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _label_names(id2label: Any, source: str) -> dict[int, str]:
+    """id2label with int keys 0..N-1 (JSON stores them as strings) and string names."""
+    if not isinstance(id2label, dict):
+        raise OneBertError(f"{source}: field 'id2label' must be an object of index: name, got {id2label!r}")
+    names: dict[int, str] = {}
+    for key, name in id2label.items():
+        if isinstance(key, bool) or not isinstance(key, (int, str)) or not re.fullmatch(r"[0-9]{1,9}", str(key)) \
+                or not isinstance(name, (str, int, float)) or isinstance(name, bool):
+            raise OneBertError(f"{source}: field 'id2label' must map indices 0..N-1 to names, got {_show(key)}: {_show(name)}")
+        names[int(key)] = str(name)
+    if sorted(names) != list(range(len(names))):
+        raise OneBertError(f"{source}: field 'id2label' must map 0..N-1 to names, got keys {sorted(names)[:10]}")
+    return names
 
 
 def _closest(word: str, candidates: set[str]) -> str | None:

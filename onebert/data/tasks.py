@@ -260,7 +260,7 @@ def _columns_from_header(path: Path, line: int, header: list[str], text_column: 
         if str(column).lower() in lowered:
             return lowered.index(str(column).lower())
         raise OneBertError(f"{path}: line {line}: no {role} column {column!r} in the header "
-                           f"({', '.join(header)})")
+                           f"({_names(header)})")
 
     if text_column is not None:
         text_index = find(text_column, "text")
@@ -279,7 +279,7 @@ def _columns_from_header(path: Path, line: int, header: list[str], text_column: 
                     text_index = lowered.index(name)
                     break
         if text_index is None:
-            raise OneBertError(f"{path}: line {line}: no text column found in the header ({', '.join(header)}); "
+            raise OneBertError(f"{path}: line {line}: no text column found in the header ({_names(header)}); "
                                f"name it with text_column (and text_pair_column for pairs)")
     label_index: int | None = None
     if label_column is not None:
@@ -287,7 +287,7 @@ def _columns_from_header(path: Path, line: int, header: list[str], text_column: 
     else:
         label_index = next((lowered.index(n) for n in LABEL_COLUMNS if n in lowered), None)
         if label_index is None and labelled:
-            raise OneBertError(f"{path}: line {line}: no label column found in the header ({', '.join(header)}); "
+            raise OneBertError(f"{path}: line {line}: no label column found in the header ({_names(header)}); "
                                f"name it with label_column")
     return text_index, pair_index, label_index
 
@@ -326,6 +326,8 @@ def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Co
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise OneBertError(f"{path}: line {number}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+            raise OneBertError(f"{path}: line {number}: invalid JSON ({_first_clause(exc)})") from None
         if not isinstance(record, dict):
             raise OneBertError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}")
         if names is None:
@@ -365,7 +367,7 @@ def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Col
         else:
             single = next((by_lower[n] for n in SINGLE_COLUMNS if n in by_lower), None)
             if single is None:
-                raise OneBertError(f"{path}: line {line}: no text field found ({', '.join(record)}); "
+                raise OneBertError(f"{path}: line {line}: no text field found ({_names(record)}); "
                                    f"name it with text_column")
             text_key, pair_key = single, None
     if label_column is not None:
@@ -373,7 +375,7 @@ def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Col
     else:
         label_key = next((by_lower[n] for n in LABEL_COLUMNS if n in by_lower), None)
         if label_key is None and labelled:
-            raise OneBertError(f"{path}: line {line}: no label field found ({', '.join(record)}); "
+            raise OneBertError(f"{path}: line {line}: no label field found ({_names(record)}); "
                                f"name it with label_column")
     return text_key, pair_key, label_key
 
@@ -525,6 +527,8 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
         root = json.loads(text)
     except json.JSONDecodeError as exc:
         raise OneBertError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise OneBertError(f"{path}: invalid JSON ({_first_clause(exc)})") from None
     data = _field(path, root, "data", list, "")
     examples: list[QAExample] = []
     seen: dict[str, str] = {}
@@ -611,6 +615,15 @@ def _field(path: Path, parent: Any, key: str, kind: type | tuple[type, ...], whe
         names = " or ".join(_json_type(k) for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise OneBertError(f"{path}: {location}: expected {names}, found {_json_type(type(value))}")
     return value
+
+
+def _first_clause(exc: BaseException) -> str:
+    return str(exc).split(";")[0]
+
+
+def _names(names: Sequence[Any]) -> str:
+    """Column or field names for a one-line message: a name with a line break or control character is quoted."""
+    return ", ".join(name if isinstance(name, str) and name.isprintable() else repr(name) for name in names)
 
 
 def _json_type(kind: type) -> str:

@@ -591,7 +591,8 @@ def _align_answer(context: str, text: str, start: int) -> SquadAnswer:
         return SquadAnswer(text, start, True)
     if text:
         low = max(0, start - MAX_ANSWER_SHIFT)
-        window = context[low:start + len(text) + MAX_ANSWER_SHIFT]
+        # max(0, ...): a very negative answer_start must not become a slice from the end of the context
+        window = context[low:max(0, start + len(text) + MAX_ANSWER_SHIFT)]
         found = [low + m.start() for m in re.finditer(re.escape(text), window)]
         if found:
             return SquadAnswer(text, min(found, key=lambda s: (abs(s - start), s)), True)

@@ -190,14 +190,17 @@ def read_classification(path: str | Path, *, text_column: Column = None, text_pa
     else:
         columns = _columns_by_index(path, first_line, len(first), text_column, text_pair_column, label_column,
                                     labelled)
-        expected = None
+        # Without a header the first row sets the width: a stray tab in a later TSV row would
+        # otherwise shift its label into the text silently.
+        expected = len(first)
     text_index, pair_index, label_index = columns
     needed = max(i for i in columns if i is not None) + 1
     separator = "tab-separated" if fmt == "tsv" else "comma-separated"
+    reference = "the header has" if has_header else f"line {first_line} has"
     examples = []
     for line, fields in rows:
-        if expected is not None and len(fields) != expected and (fmt == "tsv" or len(fields) < needed):
-            raise OneBertError(f"{path}: line {line}: {len(fields)} {separator} fields, the header has {expected}"
+        if len(fields) != expected and (fmt == "tsv" or len(fields) < needed):
+            raise OneBertError(f"{path}: line {line}: {len(fields)} {separator} fields, {reference} {expected}"
                                + (" (a tab inside a text?)" if len(fields) > expected else ""))
         if len(fields) < needed:
             raise OneBertError(f"{path}: line {line}: {len(fields)} {separator} fields, expected at least {needed}")

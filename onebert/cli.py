@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,20 +118,25 @@ def _apply_option_file(path: str, parser: argparse.ArgumentParser) -> None:
 
 
 def load_option_file(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Read option values from a file and check each key and value against `parser`'s options."""
+    """Read option values from a file and check each key and value against `parser`'s options.
+
+    Values go through the option's type as the same text would on the command line (so `seed: 1.5`
+    is refused as `--seed 1.5` is); a single value for a list option is a list of one; null leaves
+    the option at its default. A key given twice (also as `max-steps` and `max_steps`) is an error.
+    """
     file = Path(path)
     if not file.is_file():
         raise OneBertError(f"{file}: no such config file")
-    text = file.read_text(encoding="utf-8")
     try:
-        if file.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OneBertError(f"{file}: not valid UTF-8 (byte offset {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise OneBertError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = _parse_option_text(file, text)
+    except OneBertError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the parsers raise many types; all mean "bad file"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise OneBertError(f"{file}: cannot parse: {first}") from None
@@ -148,27 +154,90 @@ def load_option_file(path: str, parser: argparse.ArgumentParser) -> dict[str, An
 
             close = difflib.get_close_matches(dest, list(actions), n=1)
             hint = f" (did you mean '{close[0].replace('_', '-')}'?)" if close else ""
-            raise OneBertError(f"{file}: unknown option '{key}'{hint}")
+            raise OneBertError(f"{file}: unknown option {_show(key)}{hint}")
+        if dest in values:
+            raise OneBertError(f"{file}: option {_show(key)} is given twice")
+        if value is None:
+            continue
         values[dest] = _coerce(file, key, value, action)
     return values
+
+
+def _parse_option_text(file: Path, text: str) -> Any:
+    """YAML (JSON is read as JSON: YAML 1.1 refuses tab indentation and reads 1e5 as a string); TOML by suffix."""
+    if file.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)  # refuses duplicate keys itself
+    if file.suffix == ".json":
+        def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            keys = [k for k, _ in pairs]
+            twice = next((k for k in keys if keys.count(k) > 1), None)
+            if twice is not None:
+                raise OneBertError(f"{file}: option {_show(twice)} is given twice")
+            return dict(pairs)
+
+        return json.loads(text, object_pairs_hook=unique)
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen: list[Any] = []
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise OneBertError(f"{file}: line {key_node.start_mark.line + 1}: option {_show(key)} is given twice")
+                seen.append(key)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _coerce(file: Path, key: str, value: Any, action: argparse.Action) -> Any:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
-            raise OneBertError(f"{file}: option '{key}' must be true or false, got {value!r}")
+            raise OneBertError(f"{file}: option {_show(key)} must be true or false, got {_show(value)}")
         return value
-    convert = action.type
+    if action.nargs in ("*", "+"):
+        items = value if isinstance(value, list) else [value]
+        if action.nargs == "+" and not items:
+            raise OneBertError(f"{file}: option {_show(key)} needs at least one value")
+        return [_coerce_one(file, key, item, action) for item in items]
+    return _coerce_one(file, key, value, action)
+
+
+def _coerce_one(file: Path, key: str, value: Any, action: argparse.Action) -> Any:
+    """One value, converted from its text exactly as argparse converts a command-line argument."""
+    if isinstance(value, bool):
+        raise OneBertError(f"{file}: option {_show(key)} takes a value, not {str(value).lower()} "
+                           f"(quote it if you mean the text)")
+    if not isinstance(value, (str, int, float)) and not _is_date(value):
+        raise OneBertError(f"{file}: option {_show(key)} takes a single value, got {_show(value)}")
+    text = value if isinstance(value, str) else str(value)
     try:
-        if action.nargs in ("*", "+") and isinstance(value, list):
-            value = [convert(v) if convert and not isinstance(v, bool) else v for v in value]
-        elif convert is not None and value is not None:
-            value = convert(value if isinstance(value, str) else value) if not isinstance(value, bool) else value
+        converted = action.type(text) if action.type is not None else text
     except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-        raise OneBertError(f"{file}: option '{key}': invalid value {value!r} ({exc})") from None
-    if action.choices is not None and value is not None and value not in action.choices:
-        raise OneBertError(f"{file}: option '{key}' must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-    return value
+        reason = " ".join(str(exc).split())[:200]
+        raise OneBertError(f"{file}: option {_show(key)}: invalid value {_show(value)} ({reason})") from None
+    if action.choices is not None and converted not in action.choices:
+        raise OneBertError(f"{file}: option {_show(key)} must be one of {', '.join(map(str, action.choices))}, "
+                           f"got {_show(value)}")
+    return converted
+
+
+def _is_date(value: Any) -> bool:
+    import datetime
+
+    return isinstance(value, (datetime.date, datetime.time))  # TOML and YAML dates: used as their text
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit` characters, so a hostile value keeps an error message on one short line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return "a very long integer"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,11 +4,12 @@
 repeated calls (the server uses it). Texts are sorted by length inside each chunk so that a batch
 holds texts of similar length and pads little; results come back in input order.
 
-A text longer than the model's maximum length is cut to it (the encoder cannot see more), and the
-cut is counted: `EmbeddingResult.truncated` lists the input indices, and `embed` logs a warning.
-The maximum length is the smallest of the config's `max_position_embeddings`, the tokenizer's
-`model_max_length` and, for a sentence-transformers checkpoint, its `max_seq_length`
-(sentence_bert_config.json), so that such a checkpoint embeds exactly as sentence-transformers does.
+A text longer than the maximum length is cut to it (the encoder cannot see more), and the cut is
+counted: `EmbeddingResult.truncated` lists the input indices, and `embed` logs a warning. The
+maximum length is `max_length` when given (at most the config's `max_position_embeddings` and the
+tokenizer's `model_max_length`), else the smaller of those two and, for a sentence-transformers
+checkpoint, its `max_seq_length` (sentence_bert_config.json), so that such a checkpoint embeds
+exactly as sentence-transformers does.
 """
 
 from __future__ import annotations
@@ -134,16 +135,17 @@ class Embedder:
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize
-        limits = [model.config.max_position_embeddings, tokenizer.model_max_length]
-        if directory is not None:
-            declared = checkpoint_settings(directory).max_length
-            if declared:
-                limits.append(declared)
+        # What the model can read at all; a sentence-transformers checkpoint's max_seq_length is its
+        # default (what it was trained and is used with), which an explicit max_length may exceed.
+        limit = min(model.config.max_position_embeddings, tokenizer.model_max_length)
         if max_length is not None:
-            if max_length < 2:
-                raise OneBertError(f"max_length must be at least 2 ([CLS] and [SEP]), got {max_length}")
-            limits.append(max_length)
-        self.max_length = min(limits)
+            if not 2 <= max_length <= limit:
+                raise OneBertError(f"max_length must be in 2..{limit} (the model's position embeddings and "
+                                   f"tokenizer allow {limit}), got {max_length}")
+            self.max_length = max_length
+        else:
+            declared = checkpoint_settings(directory).max_length if directory is not None else None
+            self.max_length = min(limit, declared) if declared else limit
         self.dimension = model.config.hidden_size
 
     @classmethod

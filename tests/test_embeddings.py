@@ -11,6 +11,7 @@ import torch
 
 from onebert.cli import main
 from onebert.embeddings import Embedder, checkpoint_settings, embed
+from onebert.errors import OneBertError
 
 TEXTS = [
     "A man is eating food.",
@@ -72,6 +73,10 @@ def test_texts_longer_than_the_model_are_cut_counted_and_logged(minilm_dir, capl
     with caplog.at_level(logging.WARNING, logger="onebert.embeddings"):
         embed(minilm_dir, TEXTS, device="cpu")
     assert "1 of 6 texts were longer than 256 tokens" in caplog.text
+    # The checkpoint's 256 is a default; the 512 positions are the hard limit.
+    assert Embedder(minilm_dir, max_length=512, device="cpu").encode(TEXTS).truncated == []
+    with pytest.raises(OneBertError, match=r"max_length must be in 2\.\.512"):
+        Embedder(minilm_dir, max_length=513, device="cpu")
 
 
 def test_empty_input_gives_an_empty_matrix(minilm_embedder):

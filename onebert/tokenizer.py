@@ -69,6 +69,7 @@ class Tokenizer:
         if missing:
             raise OneBertError(f"{source}: missing special tokens {', '.join(missing)} "
                                f"(a BERT vocabulary needs {', '.join(SPECIAL_TOKENS)})")
+        _check_contiguous_ids(backend, source)
         backend.no_truncation()
         backend.no_padding()
         self.backend = backend
@@ -400,6 +401,16 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def check_fits(self, config: Any, where: str = "model") -> None:
+        """Refuse to pair this tokenizer with a model whose embeddings it would index past.
+
+        Call it wherever a tokenizer and a model meet: an id >= config.vocab_size is an IndexError
+        on CPU and a device-side assert (a dead CUDA context) on GPU, far from its cause.
+        """
+        if self.vocab_size > config.vocab_size:
+            raise OneBertError(f"{where}: the tokenizer has {self.vocab_size} tokens but the model's vocab_size is "
+                               f"{config.vocab_size}; use the tokenizer the model was trained with")
+
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, do_lower_case={self.do_lower_case}, "
                 f"model_max_length={self.model_max_length})")
@@ -476,6 +487,15 @@ def read_vocab(vocab_file: str | os.PathLike) -> dict[str, int]:
     return vocab
 
 
+def _check_contiguous_ids(backend: tokenizers.Tokenizer, source: str) -> None:
+    """Ids must be 0..N-1: a gap (possible in a hand-edited tokenizer.json) yields ids past vocab_size."""
+    ids = sorted(set(backend.get_vocab(with_added_tokens=True).values()))
+    if ids != list(range(len(ids))) or len(ids) != backend.get_vocab_size(with_added_tokens=True):
+        gap = next((i for i, token_id in enumerate(ids) if token_id != i), len(ids))
+        raise OneBertError(f"{source}: token ids must run 0..{len(ids) - 1} without gaps, but id {gap} is missing "
+                           f"(highest id {ids[-1] if ids else None}); the vocabulary file is corrupt")
+
+
 def _bert_backend(model: WordPiece, *, lowercase: bool, tokenize_chinese_chars: bool,
                   strip_accents: bool | None) -> tokenizers.Tokenizer:
     backend = tokenizers.Tokenizer(model)
@@ -509,6 +529,8 @@ def _read_tokenizer_config(file: Path) -> dict[str, Any]:
         raise OneBertError(f"{file}: not valid UTF-8 (byte offset {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise OneBertError(f"{file}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise OneBertError(f"{file}: invalid JSON: {str(exc).split(';')[0]}") from None
     if not isinstance(config, dict):
         raise OneBertError(f"{file}: expected a JSON object")
     return config

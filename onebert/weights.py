@@ -14,7 +14,7 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,29 +74,47 @@ def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
         if safetensors_file.is_file():
             return load_file(str(safetensors_file)), safetensors_file
         if index_file.is_file():
-            index = json.loads(index_file.read_text(encoding="utf-8"))
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                shard_path = (directory / shard).resolve()
-                if directory.resolve() not in shard_path.parents:
-                    raise OneBertError(f"{index_file}: shard '{shard}' lies outside the model directory")
-                state.update(load_file(str(shard_path)))
+            for shard in _shard_names(index_file):
+                state.update(load_file(str(directory / shard)))
             return state, index_file
         if pytorch_file.is_file():
             state = torch.load(pytorch_file, map_location="cpu", weights_only=True)
             if not isinstance(state, dict):
                 raise OneBertError(f"{pytorch_file}: expected a state dict, found {type(state).__name__}")
+            bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+            if bad is not None:
+                raise OneBertError(f"{pytorch_file}: expected a dict of named tensors, found {repr(bad)[:60]}: "
+                                   f"{type(state[bad]).__name__}")
             return state, pytorch_file
     except pickle.UnpicklingError as exc:
         reason = next((line.split("error:", 1)[1].strip() for line in str(exc).splitlines()
                        if "WeightsUnpickler error:" in line), "not a plain tensor file")
         raise OneBertError(f"{pytorch_file}: cannot read weights (refused to unpickle anything but tensors: "
                            f"{reason.split('. ')[0]})") from None
-    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, EOFError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, EOFError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         bad = next(f for f in (safetensors_file, index_file, pytorch_file) if f.is_file())
         raise OneBertError(f"{bad}: cannot read weights ({first})") from None
     raise OneBertError(f"{directory}: no weights found (expected {SAFETENSORS_NAME} or {PYTORCH_NAME})")
+
+
+def _shard_names(index_file: Path) -> list[str]:
+    """The shard files an index names, each a plain relative path inside the model directory.
+
+    Checked by name, not by resolving symlinks: the HuggingFace cache stores shards as links into
+    ../../blobs, which are fine, while a name with `..` or an absolute path could read any file.
+    """
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise OneBertError(f"{index_file}: expected {{\"weight_map\": {{tensor name: shard file}}}}")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        parts = PurePosixPath(shard).parts
+        if not parts or PurePosixPath(shard).is_absolute() or ".." in parts or "\\" in shard or "\0" in shard:
+            raise OneBertError(f"{index_file}: shard {shard[:100]!r} lies outside the model directory")
+    return shards
 
 
 def _normalise_key(key: str) -> str | None:

@@ -153,12 +153,29 @@ def load_pretrained(cls: type["BertPreTrainedModel"], directory: str | os.PathLi
 
         config = dataclasses.replace(config, **config_overrides)
     state, source = read_state_dict(directory)
+    _check_embedding_sizes(config, state, source)
     model = cls(config)
     report = load_state_dict_checked(model, state, source, ignore_mismatched_heads)
     model.load_report = report
     if report.initialised or report.unused or report.reinitialised:
         log.warning("%s: %s", directory, report.summary())
     return model
+
+
+_EMBEDDING_SIZES = (("word_embeddings", "vocab_size"), ("position_embeddings", "max_position_embeddings"),
+                    ("token_type_embeddings", "type_vocab_size"))
+
+
+def _check_embedding_sizes(config: BertConfig, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Compare the config's sizes with the checkpoint's embedding tables before the model is built,
+    so a config.json that disagrees with its weights is named as such (and nothing of its size is allocated)."""
+    for key, value in state.items():
+        for table, name in _EMBEDDING_SIZES:
+            if key.endswith(f"embeddings.{table}.weight") and value.dim() == 2:
+                rows, width = value.shape
+                if rows != getattr(config, name) or width != config.hidden_size:
+                    raise OneBertError(f"{source}: '{key}' is {rows} x {width}, but the config has {name}="
+                                       f"{getattr(config, name)} and hidden_size={config.hidden_size}")
 
 
 def load_state_dict_checked(model: "BertPreTrainedModel", raw_state: dict[str, torch.Tensor], source: Path | str,

@@ -20,7 +20,6 @@ with PyTorch at the real-token positions.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import warnings
@@ -35,8 +34,6 @@ from onebert.errors import OneBertError
 
 if TYPE_CHECKING:
     from onebert.model import BertPreTrainedModel
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "hf", "torchscript")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")

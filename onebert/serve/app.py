@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -37,8 +36,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onebert.errors import OneBertError
 from onebert.serve.batching import DynamicBatcher, QueueFull
-
-log = logging.getLogger(__name__)
 
 TASKS = ("classification", "ner", "qa")
 

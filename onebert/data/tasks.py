@@ -108,6 +108,9 @@ class QAExample:
 def read_text_file(path: str | Path) -> str:
     """The file as text: UTF-8 with an optional BOM; errors name the line of a bad byte."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # A FIFO would block forever and /dev/zero would fill memory.
+        raise OneBertError(f"{path}: not a regular file (a pipe or device?)")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -130,6 +130,7 @@ class Embedder:
             tokenizer = Tokenizer.from_pretrained(directory)
         if pooling == "pooler" and model.pooler is None:
             raise OneBertError(f"{directory or 'model'}: has no pooler layer; use pooling 'mean' or 'cls'")
+        tokenizer.check_fits(model.config, where=str(directory or "model"))
         self.device = torch.device(resolve_device(device))
         self.model: BertModel = model.to(self.device).eval()
         self.tokenizer = tokenizer

@@ -107,3 +107,14 @@ def test_embed_command_names_the_bad_line_and_refuses_other_suffixes(minilm_dir,
     assert main(["embed", "--model", str(minilm_dir), "--input", str(source), "--output",
                  str(tmp_path / "x.txt")]) == 2
     assert "must end in .npy" in capsys.readouterr().err
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_by_name(minilm_dir, tmp_path):
+    from onebert.config import BertConfig
+    from onebert.model import BertModel
+
+    BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=37)).save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_bytes((minilm_dir / "vocab.txt").read_bytes())
+    with pytest.raises(OneBertError, match="the tokenizer has 30522 tokens but the model's vocab_size is 100"):
+        Embedder(tmp_path, device="cpu")

@@ -164,8 +164,10 @@ def export_hf(model_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
 
     model_dir, output = Path(model_dir), Path(output)
     model = load_model(model_dir)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    tokenizer.check_fits(model.config, where=str(model_dir))
     model.save_pretrained(output)
-    Tokenizer.from_pretrained(model_dir).save_pretrained(output)
+    tokenizer.save_pretrained(output)
     _copy_side_files(model_dir, output, skip_tokenizer=True)
     return output
 

@@ -311,7 +311,9 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
 
     if config.ipex:
         raw_model, optimizer = prec.apply_ipex(raw_model, optimizer, precision)
-    model_fn: nn.Module = torch.compile(raw_model) if config.compile else raw_model
+    # Batches vary in length (and the model packs real tokens), so compile for dynamic shapes once
+    # rather than recompiling for every new length.
+    model_fn: nn.Module = torch.compile(raw_model, dynamic=True) if config.compile else raw_model
     model_fn = wrap_ddp(model_fn, dist, device)
     autocast = prec.autocast(device, precision)
     comm_device = device if dist.backend in ("nccl", "xccl") else torch.device("cpu")
@@ -407,7 +409,14 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
             counts_sum = global_counts if counts_sum is None else counts_sum + global_counts
             lr = schedule.lr(step + 1)
             set_lr(optimizer, lr)
-            stats = accumulate_gradients(task, model_fn, micro, totals, device, autocast, scaler, dist)
+            try:
+                stats = accumulate_gradients(task, model_fn, micro, totals, device, autocast, scaler, dist)
+            except RuntimeError as exc:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
+                if not isinstance(exc, torch.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+                    raise
+                raise OneBertError(f"step {step + 1}: out of {device.type} memory with {task.batch_size} sequences "
+                                   f"per micro-batch; use a smaller --batch-size and a larger --grad-accum "
+                                   f"(the same global batch of {global_batch})") from None
             for key, value in stats.items():
                 stat_sums[key] = stat_sums[key] + value if key in stat_sums else value
 

@@ -75,14 +75,16 @@ class PretrainingTask(TrainingTask):
 
     @staticmethod
     def _statistics(out, batch: Batch, mlm_normalizer, nsp_normalizer) -> dict[str, torch.Tensor]:
+        # Everything stays on the device (torch.full fills by a kernel, no host-to-device copy).
         nsp_labels = batch["next_sentence_label"].view(-1)
+        device = nsp_labels.device
         return {
             "mlm_loss_sum": out.mlm_loss.detach() * mlm_normalizer,
             "mlm_correct": (out.masked_logits.argmax(-1) == out.masked_labels).sum(),
-            "mlm_count": torch.tensor(float(out.masked_labels.numel()), device=nsp_labels.device),
+            "mlm_count": torch.full((), float(out.masked_labels.numel()), device=device),
             "nsp_loss_sum": out.nsp_loss.detach() * nsp_normalizer,
             "nsp_correct": (out.seq_relationship_logits.argmax(-1) == nsp_labels).sum(),
-            "nsp_count": torch.tensor(float(nsp_labels.numel()), device=nsp_labels.device),
+            "nsp_count": torch.full((), float(nsp_labels.numel()), device=device),
         }
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:

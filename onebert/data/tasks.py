@@ -344,9 +344,9 @@ def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Co
                                     (label_key, "label", labelled and label_key is not None)):
             value = record.get(key) if key is not None else None
             if value is None and required:
-                raise OneBertError(f"{path}: line {number}: missing {role} field {key!r}")
+                raise OneBertError(f"{path}: line {number}: missing {role} field {_clip(key)}")
             if value is not None and not isinstance(value, (str, int, float)):
-                raise OneBertError(f"{path}: line {number}: field {key!r} is {type(value).__name__}, "
+                raise OneBertError(f"{path}: line {number}: field {_clip(key)} is {type(value).__name__}, "
                                    f"expected a string or number")
             values.append(value)
         label = values[2]
@@ -405,8 +405,9 @@ def label_ids(examples: Sequence[TextExample], label_list: Sequence[str]) -> lis
             raise OneBertError(f"{example.source}: no label")
         found = index.get(example.label)
         if found is None:
-            raise OneBertError(f"{example.source}: unknown label {example.label!r}; the model knows "
-                               f"{', '.join(map(repr, label_list))}")
+            known = ", ".join(_clip(name, 40) for name in label_list[:12])
+            raise OneBertError(f"{example.source}: unknown label {_clip(example.label)}; the model knows "
+                               f"{known}{f', ... ({len(label_list)} in all)' if len(label_list) > 12 else ''}")
         ids.append(found)
     return ids
 
@@ -417,9 +418,10 @@ def regression_targets(examples: Sequence[TextExample]) -> list[float]:
         try:
             value = float(example.label)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise OneBertError(f"{example.source}: label {example.label!r} is not a number (regression)") from None
+            raise OneBertError(f"{example.source}: label {_clip(example.label)} is not a number "
+                               "(regression)") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise OneBertError(f"{example.source}: label {example.label!r} is not a finite number")
+            raise OneBertError(f"{example.source}: label {_clip(example.label)} is not a finite number")
         targets.append(value)
     return targets
 
@@ -482,7 +484,7 @@ def read_conll(path: str | Path, *, labelled: bool = True, scheme: str = "auto")
         if width >= 2:
             tag = fields[-1]
             if not _TAG_PATTERN.match(tag):
-                raise OneBertError(f"{path}: line {number}: tag {tag!r} is not O or B-TYPE / I-TYPE")
+                raise OneBertError(f"{path}: line {number}: tag {_clip(tag)} is not O or B-TYPE / I-TYPE")
             tags.append(tag)
     flush()
     if not examples:
@@ -555,7 +557,7 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
                 qid = _field(path, qa, "id", (str, int), qa_path)
                 qid = str(qid)
                 if qid in seen:
-                    raise OneBertError(f"{path}: {qa_path}.id: duplicate id {qid!r} (also at {seen[qid]})")
+                    raise OneBertError(f"{path}: {qa_path}.id: duplicate id {_clip(qid)} (also at {seen[qid]})")
                 seen[qid] = qa_path
                 question = _field(path, qa, "question", str, qa_path)
                 if labelled or "answers" in qa:
@@ -628,9 +630,18 @@ def _first_clause(exc: BaseException) -> str:
     return str(exc).split(";")[0]
 
 
-def _names(names: Sequence[Any]) -> str:
-    """Column or field names for a one-line message: a name with a line break or control character is quoted."""
-    return ", ".join(name if isinstance(name, str) and name.isprintable() else repr(name) for name in names)
+def _clip(value: Any, limit: int = 60) -> str:
+    """repr() of a value from the file, cut to `limit` characters so that an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _names(names: Sequence[Any], most: int = 12) -> str:
+    """Column or field names for a one-line message: a name with a line break or control character is
+    quoted, long names are cut and long lists shortened."""
+    shown = [name if isinstance(name, str) and name.isprintable() and len(name) <= 40 else _clip(name, 40)
+             for name in list(names)[:most]]
+    return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def _json_type(kind: type) -> str:

@@ -117,6 +117,8 @@ class Tokenizer:
             if not file.is_file():
                 continue
             settings = {key: _config_bool(config, key, directory) for key in _NORMALIZER_SETTINGS if key in config}
+            # null means "not set", except for strip_accents, where it means "strip when lower-casing"
+            settings = {key: value for key, value in settings.items() if value is not None or key == "strip_accents"}
             if name.endswith(".json"):
                 return cls._from_tokenizer_json(file, settings, model_max_length)
             return cls.from_vocab(file, do_lower_case=settings.get("do_lower_case", True),
@@ -540,7 +542,7 @@ def _config_bool(config: dict[str, Any], key: str, directory: Path) -> bool | No
     value = config[key]
     if value is not None and not isinstance(value, bool):
         raise OneBertError(f"{directory / 'tokenizer_config.json'}: field '{key}' must be true, false or null, "
-                           f"got {value!r}")
+                           f"got {repr(value)[:60]}")
     return value
 
 

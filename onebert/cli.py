@@ -186,7 +186,8 @@ def _parse_option_text(file: Path, text: str) -> Any:
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
-                    raise OneBertError(f"{file}: line {key_node.start_mark.line + 1}: option {_show(key)} is given twice")
+                    line = key_node.start_mark.line + 1
+                    raise OneBertError(f"{file}: line {line}: option {_show(key)} is given twice")
                 seen.append(key)
             return super().construct_mapping(node, deep)
 

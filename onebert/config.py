@@ -84,8 +84,8 @@ class BertConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise OneBertError(f"{source}: field '{name}' must be a positive integer, got {_show(value)}")
             if value > largest:
-                raise OneBertError(f"{source}: field '{name}' is {_show(value)}, more than the {largest} onebert accepts "
-                                   "(a corrupt config.json?)")
+                raise OneBertError(f"{source}: field '{name}' is {_show(value)}, more than the {largest} "
+                                   "onebert accepts (a corrupt config.json?)")
         parameters = self.estimated_parameters()
         if parameters > MAX_PARAMETERS:
             raise OneBertError(f"{source}: these sizes give about {parameters:.3g} parameters, more than the "
@@ -115,7 +115,8 @@ class BertConfig:
                                f"got {_show(self.problem_type)}")
         if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool) \
                 or not 0 <= self.pad_token_id < self.vocab_size:
-            raise OneBertError(f"{source}: field 'pad_token_id' must be an id below vocab_size, got {_show(self.pad_token_id)}")
+            raise OneBertError(f"{source}: field 'pad_token_id' must be an id below vocab_size, "
+                               f"got {_show(self.pad_token_id)}")
         if not isinstance(self.onebert, dict):
             raise OneBertError(f"{source}: field 'onebert' must be an object, got {_show(self.onebert)}")
         if self.id2label is not None:
@@ -265,7 +266,8 @@ def _label_names(id2label: Any, source: str) -> dict[int, str]:
     for key, name in id2label.items():
         if isinstance(key, bool) or not isinstance(key, (int, str)) or not re.fullmatch(r"[0-9]{1,9}", str(key)) \
                 or not isinstance(name, (str, int, float)) or isinstance(name, bool):
-            raise OneBertError(f"{source}: field 'id2label' must map indices 0..N-1 to names, got {_show(key)}: {_show(name)}")
+            raise OneBertError(f"{source}: field 'id2label' must map indices 0..N-1 to names, "
+                               f"got {_show(key)}: {_show(name)}")
         names[int(key)] = str(name)
     if sorted(names) != list(range(len(names))):
         raise OneBertError(f"{source}: field 'id2label' must map 0..N-1 to names, got keys {sorted(names)[:10]}")

@@ -311,7 +311,7 @@ def test_csv_reader_parses_or_refuses_and_accounts_for_every_record(work, data):
 
 @fuzz(200)
 @given(data=either(fuzzed(JSONL_SEEDS, [b'"', b"{", b"}", b",", b":", b"\n", b"\\"], max_random=200),
-                  json_mutated([[json.loads(line) for line in seed.splitlines() if line.strip()] for seed in JSONL_SEEDS],
+                  json_mutated([[json.loads(line) for line in s.splitlines() if line.strip()] for s in JSONL_SEEDS],
                                as_lines=True)))
 def test_jsonl_reader_parses_or_refuses_and_reads_every_record(work, data):
     path = work / "fuzz.jsonl"
@@ -477,7 +477,8 @@ CONFIG_SEEDS = [
      "num_attention_heads": 12, "num_hidden_layers": 6, "pad_token_id": 0, "position_embedding_type": "absolute",
      "transformers_version": "4.8.2", "type_vocab_size": 2, "use_cache": True, "vocab_size": 30522},
     {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37, "vocab_size": 99,
-     "id2label": {"0": "NEG", "1": "POS"}, "label2id": {"NEG": 0, "POS": 1}, "problem_type": "single_label_classification",
+     "id2label": {"0": "NEG", "1": "POS"}, "label2id": {"NEG": 0, "POS": 1},
+     "problem_type": "single_label_classification",
      "classifier_dropout": None, "onebert": {"task": "classification"}},
 ]
 
@@ -640,7 +641,8 @@ def test_option_file_loads_or_refuses_and_values_are_what_the_command_line_would
 from onebert.data.corpus import CorpusSummary, has_text, read_documents  # noqa: E402
 
 LINES_SEEDS = [b"The cat sat on the mat.\nIt was happy.\n\nA second document starts here.\nIt ends here.\n",
-               "\ufeffCaf\u00e9 culture.\r\nWindows line ends.\r\n\r\n\u2028Odd separators\x85 inside.\r\n* * *\n".encode()]
+               "\ufeffCaf\u00e9 culture.\r\nWindows line ends.\r\n\r\n\u2028Odd separators\x85 inside.\r\n"
+               "* * *\n".encode()]
 PROSE_SEEDS = [
     b"CHAPTER I.\n\nIt was the best of times, it was the worst\nof times. Mr. Smith agreed.\n\n\n\nCHAPTER II.\n"
     b"The Title\n\nAnother chapter begins, with wrapped\nlines and more words. Then it ends!\n",

@@ -187,7 +187,8 @@ def _model_with_a_bigger_tokenizer(tmp_path: Path, minilm_dir: Path) -> Path:
     os.symlink(minilm_dir / "model.safetensors", directory / "model.safetensors")
     shutil.copy(minilm_dir / "config.json", directory / "config.json")
     extra = "".join(f"zzextra{i}\n" for i in range(50))
-    (directory / "vocab.txt").write_text((minilm_dir / "vocab.txt").read_text(encoding="utf-8") + extra, encoding="utf-8")
+    vocab = (minilm_dir / "vocab.txt").read_text(encoding="utf-8")
+    (directory / "vocab.txt").write_text(vocab + extra, encoding="utf-8")
     return directory
 
 

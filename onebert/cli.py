@@ -20,9 +20,12 @@ from onebert.errors import OneBertError
 COMMANDS: dict[str, str] = {
     "demo": "onebert.commands.demo",
     "embed": "onebert.commands.embed",
+    "evaluate": "onebert.commands.evaluate",
     "export": "onebert.commands.export",
+    "finetune": "onebert.commands.finetune",
     "info": "onebert.commands.info",
     "plot": "onebert.commands.plot",
+    "predict": "onebert.commands.predict",
     "prepare": "onebert.commands.prepare",
     "pretrain": "onebert.commands.pretrain",
     "serve": "onebert.commands.serve",

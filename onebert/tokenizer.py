@@ -157,7 +157,11 @@ class Tokenizer:
             raise OneBertError(f"{file}: not a tokenizers JSON file: {first}") from None
         model_type = (spec.get("model") or {}).get("type")
         if model_type != "WordPiece":
-            raise OneBertError(f"{file}: model type is {model_type!r}; BERT needs a WordPiece tokenizer")
+            raise OneBertError(f"{file}: model type is {repr(model_type)[:60]}; BERT needs a WordPiece tokenizer")
+        model_vocab = spec["model"].get("vocab")
+        if spec["model"].get("unk_token") != UNK or not isinstance(model_vocab, dict) or UNK not in model_vocab:
+            # Loading succeeds, but encoding any unknown word then fails inside the Rust model.
+            raise OneBertError(f"{file}: the WordPiece model's unknown token must be {UNK}, in its vocabulary")
         normalizer = spec.get("normalizer")
         if normalizer is None or normalizer.get("type") == "BertNormalizer":
             normalizer = normalizer or {"lowercase": False, "handle_chinese_chars": False, "strip_accents": False}

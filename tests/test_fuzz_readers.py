@@ -32,7 +32,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from onebert.errors import OneBertError
@@ -81,6 +81,10 @@ def time_limit(seconds: float = TIME_LIMIT):
 def parse_or_refuse(name: str, read, path: Path):
     """read() under the time limit: its result, or None after a one-line OneBertError naming `path`."""
     TRIED[name] += 1
+    # hypothesis prints the failing input itself; this environment's hypothesis prints blanks, so say it here
+    for file in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []):
+        if file.is_file():
+            note(f"{file.name}: {file.read_bytes()[:5000]!r}")
     with time_limit():
         try:
             return read()
@@ -157,8 +161,13 @@ JSON_LEAVES = (st.none() | st.booleans() | st.integers(-200, 200) | st.integers(
                | st.sampled_from([10**300, -1, 0, 2**63, 1e308]) | st.sampled_from(["<huge int>", "<deep list>"])
                | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
                | st.sampled_from(["", "\n", "a\tb", "\u2028", "\x00", "[PAD]", "gelu", "B-PER", "0", "1e5"]))
-JSON_VALUES = st.recursive(JSON_LEAVES, lambda children: st.lists(children, max_size=3)
-                           | st.dictionaries(st.text(max_size=8), children, max_size=3), max_leaves=6)
+
+
+def _json_containers(children):
+    return st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+
+
+JSON_VALUES = st.recursive(JSON_LEAVES, _json_containers, max_leaves=6)
 
 
 def _slots(node):

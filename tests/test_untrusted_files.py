@@ -292,3 +292,18 @@ def test_data_directory_metadata_cannot_point_outside_the_directory(tmp_path, mo
     with pytest.raises(OneBertError) as error:
         shards.PretrainingData.open(directory)
     assert "outside" in str(error.value) and not reads
+
+
+@pytest.mark.xfail(strict=True, reason="onebert/data/shards.py (data engineer): PretrainingData.open indexes "
+                                       "metadata.json without checks: KeyError / TypeError / ValueError / "
+                                       "RecursionError instead of a one-line error")
+@pytest.mark.parametrize("metadata", ['{"format": "onebert-pretraining-data", "format_version": 1}',
+                                      '{"format": "onebert-pretraining-data", "format_version": 1, "splits": []}',
+                                      "[" * 5000])
+def test_malformed_data_directory_metadata_is_a_one_line_error(tmp_path, metadata):
+    from onebert.data.shards import PretrainingData
+
+    (tmp_path / "metadata.json").write_text(metadata)
+    with pytest.raises(OneBertError) as error:
+        PretrainingData.open(tmp_path)
+    one_line(error, "metadata.json")

@@ -49,10 +49,12 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
     rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(12, 3.6 * rows), squeeze=False)
     for ax, (title, label, keys) in zip(axes.flat, panels):
-        for split, name in sorted(keys):
+        names = sorted({name for _, name in keys})
+        for split, name in sorted(keys, key=lambda k: (k[1], k[0] != "train")):
             steps, values = series[(split, name)]
-            style = {"marker": "o", "markersize": 3, "linestyle": "--"} if split == "eval" else {"linewidth": 1.2}
-            ax.plot(steps, values, label=f"{split} {name}", **style)
+            # One colour per metric; train is a thin line, evaluation dashed with markers.
+            style = {"marker": "o", "markersize": 3, "linestyle": "--"} if split == "eval" else {"linewidth": 1.0}
+            ax.plot(steps, values, label=f"{split} {name}", color=f"C{names.index(name)}", **style)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel(label)

@@ -346,3 +346,25 @@ def test_cli_resume_from_a_corrupt_checkpoint_is_an_error_and_overwrites_nothing
     assert main(_pretrain_args(prepared, run_dir, "--max-steps", 3, "--resume", "auto")) == 0
     out = capsys.readouterr().out
     assert "skipping checkpoint" in out and "step-00000002" in out and "step-00000001 (step 1)" in out
+
+
+def test_prefetched_batches_save_the_position_of_the_last_batch_consumed():
+    import time
+
+    from onebert.train.prefetch import PrefetchedBatches
+
+    source = SyntheticBatches(99, 16, 2)
+    prefetched = PrefetchedBatches(source, depth=4)
+    stream = iter(prefetched)
+    got = [next(stream) for _ in range(3)]
+    time.sleep(0.2)  # let the thread run ahead
+    assert source.position > 3 and prefetched.state_dict() == {"position": 3}
+    resumed = PrefetchedBatches(SyntheticBatches(99, 16, 2), depth=4)
+    resumed.load_state_dict(prefetched.state_dict())
+    assert torch.equal(next(iter(resumed))["input_ids"], source.batch(3)["input_ids"])
+    assert all(torch.equal(g["labels"], source.batch(i)["labels"]) for i, g in enumerate(got))
+
+    failing = iter(PrefetchedBatches(SyntheticBatches(99, 16, 2, crash_at_batch=1)))
+    next(failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):  # errors reach the training thread
+        next(failing)

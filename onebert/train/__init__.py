@@ -5,6 +5,7 @@ precision.py    device choice, autocast / grad scaler, measured peak FLOP/s, Int
 distributed.py  torchrun / DDP set-up and the few collectives the loop needs
 checkpoint.py   atomic checkpoints with a checksummed manifest, exact resume, keep-last-K
 metrics_log.py  JSON-lines metrics file and the console progress bar
+prefetch.py     batches built ahead in a background thread, resume-exact
 pretraining.py  the pretraining task (MLM + NSP) that plugs into the loop
 
 Nothing here is imported by `import onebert`; these modules import torch.

@@ -12,7 +12,6 @@ on the training device: a hard-coded datasheet peak is wrong for every CPU and m
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from typing import Any
 
@@ -97,13 +96,13 @@ def synchronize(device: torch.device) -> None:
         getattr(torch, device.type).synchronize()
 
 
-@functools.lru_cache(maxsize=None)
-def measure_peak_flops(device: torch.device, precision: str) -> float:
+def measure_peak_flops(device: torch.device, precision: str, repeats: int = 5) -> float:
     """FLOP/s of a large square matmul in `precision` on `device`: the MFU denominator.
 
-    The matrix grows until one product takes >= 20 ms (so timer and launch overheads vanish),
-    then the best of three timed products counts. On a CPU the result depends on the threads
-    torch uses, which are the threads training uses.
+    The matrix grows until one product takes >= 50 ms (so timer and launch overheads vanish),
+    then the best of `repeats` timed products counts: the best, because other processes on the
+    machine can only make a product slower. On a CPU the result depends on the threads torch
+    uses, which are the threads training uses.
     """
     dtype = DTYPES[precision]
     size, seconds = 256, 0.0
@@ -114,10 +113,10 @@ def measure_peak_flops(device: torch.device, precision: str) -> float:
             a = torch.randn(size, size, device=device).to(dtype)
             b = torch.randn(size, size, device=device).to(dtype)
             seconds = _best_matmul_time(a, b, device, repeats=1)
-            if seconds >= 0.02 or size >= 8192:
+            if seconds >= 0.05 or size >= 8192:
                 break
             size *= 2
-    seconds = min(seconds, _best_matmul_time(a, b, device, repeats=3))
+    seconds = min(seconds, _best_matmul_time(a, b, device, repeats=repeats))
     return 2.0 * size**3 / seconds
 
 

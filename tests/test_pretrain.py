@@ -146,6 +146,16 @@ def test_dropout_randomness_is_restored_on_resume(tmp_path):
     assert _train_curve(tmp_path / "resumed") == _train_curve(tmp_path / "straight")
 
 
+def test_resuming_with_another_model_shape_is_a_one_line_error(tiny_config, tmp_path):
+    import dataclasses
+
+    _run(tiny_config, tmp_path, max_steps=1)
+    wider = dataclasses.replace(tiny_config, intermediate_size=40)
+    with pytest.raises(OneBertError, match="does not fit the model") as info:
+        _run(wider, tmp_path, max_steps=2, resume="auto")
+    assert "\n" not in str(info.value)
+
+
 def test_existing_run_without_resume_is_refused_and_left_untouched(tiny_config, tmp_path):
     _run(tiny_config, tmp_path, max_steps=2)
     before = (tmp_path / "metrics.jsonl").read_bytes()

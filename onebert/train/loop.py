@@ -286,8 +286,13 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
 
     if resumed is not None:
         path, state = resumed
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            raw_model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+            raise OneBertError(f"{path}: this checkpoint does not fit the model or optimizer of this run "
+                               f"(was --model-config changed?): {first}") from None
         schedule.load_state_dict(state["schedule"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])

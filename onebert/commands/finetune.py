@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_data(args: argparse.Namespace, max_seq_length: int):
     """Training and validation examples, and the task spec (labels from the training data)."""
-    from onebert.data.tasks import build_label_list, looks_like_regression, read_classification, read_conll, read_squad
+    from onebert.data.tasks import (build_label_list, label_ids, looks_like_regression, read_classification, read_conll,
+                                    read_squad, regression_targets)
     from onebert.errors import OneBertError
     from onebert.predict import TaskSpec
     from onebert.tasks.ner import build_tag_list
@@ -197,8 +198,17 @@ def _read_data(args: argparse.Namespace, max_seq_length: int):
         if spec.labels is not None and len(spec.labels) < 2:
             raise OneBertError(f"{args.train}: every example has the label {spec.labels[0]!r}; a classifier needs "
                                "at least two classes (or --regression)")
+        if validation_examples is not None:  # an unknown label or a non-number is named now, not after training
+            if regression:
+                regression_targets(validation_examples)
+            else:
+                label_ids(validation_examples, spec.labels)
     elif args.task == "ner":
         spec = TaskSpec("ner", labels=build_tag_list(train_examples), max_seq_length=max_seq_length)
+        unseen = sorted({t for e in validation_examples or () for t in e.tags or () if t not in spec.labels})
+        if unseen:
+            print(f"note: {args.validation}: tags {', '.join(unseen)} do not occur in {args.train}; the model "
+                  "cannot predict them")
     else:
         version_2 = args.version_2_with_negative or any(e.is_impossible for e in train_examples)
         if max_seq_length <= args.doc_stride + 2:

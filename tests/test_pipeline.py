@@ -1,0 +1,139 @@
+"""onebert.pipeline: batched and length-sorted inside, outputs in input order and equal to one-at-a-time calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_finetune import make_tiny_model
+
+import onebert
+from onebert.errors import OneBertError
+
+TEXTS = ["the movie was very good and the plot and the acting was not bad at all", "good", "john lives in paris .",
+         "", "a film", "mary works in new york , anna lives in rome and john is not very good", "the plot ?"]
+PAIRS = [("the movie", "was good"), ("a", "very very long second text about the film and the plot and the acting"),
+         ("john lives in paris", "")]
+QUESTIONS = [{"question": "where does john live ?", "context": "the film . john lives in paris . mary lives in rome ."},
+             {"question": "who ?", "context": "mary"},
+             {"question": "where does anna live ?", "context": " ".join(["the plot is good ."] * 12) + " anna lives in rome ."},
+             {"question": "where ?", "context": ""}]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Randomly initialised heads saved as fine-tuned directories: deterministic outputs to compare."""
+    from onebert.config import BertConfig
+    from onebert.predict import TaskSpec, load_tokenizer, model_class
+    from onebert.train.finetuning import save_model_dir
+
+    root = tmp_path_factory.mktemp("pipeline")
+    base = make_tiny_model(root / "base")
+    config = BertConfig.load(base)
+    tokenizer = load_tokenizer(base, config)
+    specs = {"classification": TaskSpec("classification", labels=["neg", "pos"], max_seq_length=32),
+             "regression": TaskSpec("classification", regression=True, max_seq_length=32),
+             "ner": TaskSpec("ner", labels=["B-LOC", "B-PER", "I-LOC", "I-PER", "O"], max_seq_length=12),
+             "qa": TaskSpec("qa", max_seq_length=32, doc_stride=8, max_query_length=8, version_2=True,
+                            null_threshold=0.5)}
+    out = {}
+    for name, spec in specs.items():
+        torch.manual_seed(1)
+        model = model_class(spec.task).from_pretrained(base, config=spec.apply_to(config))
+        for parameter in (model.classifier if hasattr(model, "classifier") else model.qa_outputs).parameters():
+            torch.nn.init.normal_(parameter, std=1.0)  # a head with opinions
+        save_model_dir(model, tokenizer, spec, root / name)
+        out[name] = root / name
+    return out
+
+
+def _same(batched, single):
+    if isinstance(batched, list):
+        assert len(batched) == len(single)
+        for a, b in zip(batched, single):
+            _same(a, b)
+    elif isinstance(batched, dict):
+        assert batched.keys() == single.keys()
+        for key in batched:
+            _same(batched[key], single[key])
+    elif isinstance(batched, float):
+        assert batched == pytest.approx(single, abs=1e-5)
+    else:
+        assert batched == single
+
+
+@pytest.mark.parametrize("name, inputs", [("classification", TEXTS), ("classification", PAIRS),
+                                          ("regression", TEXTS), ("ner", TEXTS), ("qa", QUESTIONS)])
+def test_batched_outputs_are_in_input_order_and_equal_one_at_a_time_calls(models, name, inputs):
+    pipe = onebert.pipeline(model=models[name], device="cpu", batch_size=2)
+    batched = pipe(list(inputs))
+    assert len(batched) == len(inputs)
+    _same(batched, [pipe([item])[0] for item in inputs])
+    _same(batched, list(reversed(pipe(list(reversed(inputs))))))  # order in, order out
+
+
+def test_inputs_run_in_batches_sorted_by_length(models):
+    pipe = onebert.pipeline("classification", models["classification"], device="cpu", batch_size=2)
+    widths = []
+    forward = pipe.model.forward
+
+    def spy(input_ids, *args, **kwargs):
+        widths.append((input_ids.shape[0], input_ids.shape[1]))
+        return forward(input_ids, *args, **kwargs)
+
+    pipe.model.forward = spy
+    pipe(TEXTS)
+    assert [rows for rows, _ in widths] == [2, 2, 2, 1]
+    assert [width for _, width in widths] == sorted((width for _, width in widths), reverse=True)
+    lengths = sorted((len(pipe.tokenizer.tokenize(t)) + 2 for t in TEXTS), reverse=True)
+    assert [width for _, width in widths] == lengths[::2]  # each batch is as wide as its longest input only
+
+
+def test_output_formats_per_task(models):
+    classification = onebert.pipeline(model=models["classification"], device="cpu")
+    result = classification("the movie was good")  # a single input gives a single output
+    assert set(result) == {"label", "score", "scores"} and result["label"] in ("neg", "pos")
+    assert result["scores"][result["label"]] == result["score"] == max(result["scores"].values())
+    assert isinstance(classification(("a pair", "of texts")), dict)
+    assert set(onebert.pipeline(model=models["regression"], device="cpu")("good")) == {"score"}
+
+    ner = onebert.pipeline(model=models["ner"], device="cpu")
+    text = "mary works in new york , anna lives in rome and john is not very good"
+    entities = ner(text)
+    assert entities and ner("") == [] and ner("   ") == []
+    for entity in entities:
+        assert set(entity) == {"entity", "word", "start", "end", "score"}
+        assert text[entity["start"]:entity["end"]] == entity["word"] and entity["entity"] in ("LOC", "PER")
+
+    qa = onebert.pipeline(model=models["qa"], device="cpu")
+    for item, answer in zip(QUESTIONS, qa(QUESTIONS)):
+        assert set(answer) == {"answer", "start", "end", "score"} and 0 <= answer["score"] <= 1
+        if answer["answer"]:
+            assert item["context"][answer["start"]:answer["end"]] == answer["answer"]
+        else:
+            assert answer["start"] == answer["end"] == -1
+    assert qa(QUESTIONS[3])["answer"] == ""  # no context, no answer
+    assert qa.task == "qa" and qa.spec.null_threshold == 0.5 and isinstance(qa.model, torch.nn.Module)
+
+
+def test_wrong_task_and_bad_inputs_are_one_line_errors(models):
+    with pytest.raises(OneBertError, match="fine-tuned for ner, not qa"):
+        onebert.pipeline("qa", models["ner"], device="cpu")
+    with pytest.raises(OneBertError, match="not a fine-tuned model"):
+        onebert.pipeline(model=models["ner"].parent / "base", device="cpu")
+    classification = onebert.pipeline(model=models["classification"], device="cpu")
+    with pytest.raises(OneBertError, match="input 1: mixes single texts and text pairs"):
+        classification(["one text", ("a", "pair")])
+    with pytest.raises(OneBertError, match="input 0: expected a text or a pair"):
+        classification([42])
+    with pytest.raises(OneBertError, match=r"input 1: expected \{'question': str, 'context': str\}"):
+        onebert.pipeline(model=models["qa"], device="cpu")([QUESTIONS[0], {"question": "no context"}])
+    with pytest.raises(OneBertError, match="input 0: expected a text"):
+        onebert.pipeline(model=models["ner"], device="cpu")([["pre", "split"]])

@@ -55,7 +55,6 @@ class Pipeline:
         from onebert.data.tasks import TextExample
 
         examples = []
-        pairs = None
         for i, item in enumerate(items):
             if isinstance(item, str):
                 text, pair = item, None
@@ -63,13 +62,15 @@ class Pipeline:
                 text, pair = item
             else:
                 raise OneBertError(f"input {i}: expected a text or a pair of two texts, got {_kind(item)}")
-            if pairs is None:
-                pairs = pair is not None
-            elif pairs != (pair is not None):
-                raise OneBertError(f"input {i}: mixes single texts and text pairs; call the pipeline on each kind "
-                                   "separately")
             examples.append(TextExample(text=text, text_pair=pair, source=f"input {i}"))
-        return [classification_record(p, self.spec) for p in self.predictor.predict(examples)]
+        # Single texts and pairs are encoded apart ([CLS] A [SEP] vs [CLS] A [SEP] B [SEP]); a server's
+        # batch may hold both.
+        outputs: list[dict[str, Any]] = [{} for _ in items]
+        for is_pair in (False, True):
+            rows = [i for i, example in enumerate(examples) if (example.text_pair is not None) == is_pair]
+            for i, prediction in zip(rows, self.predictor.predict([examples[i] for i in rows])):
+                outputs[i] = classification_record(prediction, self.spec)
+        return outputs
 
     def _ner(self, items: Sequence[Any]) -> list[list[dict[str, Any]]]:
         from onebert.data.tasks import NerExample

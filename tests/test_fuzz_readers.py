@@ -782,8 +782,6 @@ def test_corpus_directory_reads_every_visible_file_and_counts_hidden_and_binary_
     assert summary.hidden_files_skipped == len(hidden_files) + len(hidden_dirs)
 
 
-@pytest.mark.xfail(strict=True, reason="onebert/data/corpus.py (data engineer): json.loads raises RecursionError "
-                                       "on a JSONL line nested ~1000 deep; _jsonl_documents catches only ValueError")
 def test_corpus_jsonl_line_nested_too_deep_is_counted_as_invalid(tmp_path):
     path = tmp_path / "deep.jsonl"
     path.write_bytes(b"[" * 3000 + b"\n" + b'{"text": "A real document."}\n')

@@ -426,7 +426,7 @@ def detect_format(path: Path, head: str) -> str:
 def _looks_like_json(line: str) -> bool:
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 
@@ -680,7 +680,7 @@ def _jsonl_documents(path: Path, summary: CorpusSummary, lines: Iterable[tuple[i
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack allows
             summary.invalid_json_lines += 1
             if first_bad is None:
                 first_bad = lineno

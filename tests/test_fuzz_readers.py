@@ -790,8 +790,6 @@ def test_corpus_jsonl_line_nested_too_deep_is_counted_as_invalid(tmp_path):
     assert len(documents) == 1 and summary.invalid_json_lines == 1
 
 
-@pytest.mark.xfail(strict=True, reason="onebert/data/corpus.py (data engineer): resolve_corpus_paths lists a FIFO "
-                                       "inside a directory as a file and opening it blocks forever")
 def test_corpus_directory_with_a_fifo_does_not_hang(tmp_path):
     (tmp_path / "a.txt").write_text("A sentence.\n")
     os.mkfifo(tmp_path / "pipe")

@@ -21,7 +21,9 @@ Formats (`--format`, chosen per file by `detect_format` when "auto"):
 - ``jsonl``: one JSON object per line, its ``--text-field`` (default "text") is one document read as prose.
 
 Nothing is dropped silently: undecodable bytes (replaced by U+FFFD), binary files (NUL bytes in
-the first 8 KiB; skipped with a warning naming the file), empty documents, over-long lines (cut
+the first 8 KiB; skipped with a warning naming the file), entries of a directory that are not
+regular files (FIFOs, sockets, devices, broken links: opening a FIFO would block forever; skipped
+with a warning naming them), empty documents, over-long lines (cut
 into 1 MB pieces), invalid JSON lines, headings and Gutenberg boilerplate are counted in a
 `CorpusSummary` that `onebert prepare` prints. Documents longer than 1 M characters (a file
 without any document boundary) are cut into pieces at sentence/paragraph boundaries and counted,
@@ -38,6 +40,7 @@ import json
 import logging
 import os
 import re
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +179,7 @@ class CorpusSummary:
     formats: dict[str, int] = field(default_factory=dict)
     binary_files: list[str] = field(default_factory=list)
     hidden_files_skipped: int = 0
+    special_files_skipped: list[str] = field(default_factory=list)
     undecodable_lines: int = 0
     files_with_undecodable_bytes: list[str] = field(default_factory=list)
     long_lines: int = 0
@@ -214,6 +218,10 @@ class CorpusSummary:
             lines.append(f"{self.records_without_text} JSON record(s) without a text field skipped")
         if self.hidden_files_skipped:
             lines.append(f"{self.hidden_files_skipped} hidden file(s) in directories skipped")
+        if self.special_files_skipped:
+            lines.append(f"skipped {len(self.special_files_skipped)} entries that are not regular files (FIFO, "
+                         f"socket, device, broken link): {', '.join(self.special_files_skipped[:5])}"
+                         + (" ..." if len(self.special_files_skipped) > 5 else ""))
         if self.headings_removed:
             lines.append(f"{self.headings_removed} heading line(s) removed (document boundaries)")
         if self.boilerplate_lines:
@@ -225,17 +233,55 @@ class CorpusSummary:
 # Finding files
 # ----------------------------------------------------------------------------------------------
 
-def resolve_corpus_paths(paths: Sequence[str | os.PathLike], summary: CorpusSummary | None = None) -> list[Path]:
-    """Expand files, directories (recursively, hidden entries skipped) and glob patterns, in a stable order."""
+def _special_kind(path: Path) -> str | None:
+    """None for a regular file (or a link to one), else what the entry is, for a message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "unreadable"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def resolve_corpus_paths(paths: Sequence[str | os.PathLike], summary: CorpusSummary | None = None,
+                         warn: bool = False) -> list[Path]:
+    """Expand files, directories (recursively, hidden entries skipped) and glob patterns, in a stable order.
+
+    Only regular files are read: reading a FIFO blocks until something writes to it (forever, in a
+    corpus folder) and a device never ends. A named path that is neither a regular file nor a
+    directory is refused; such entries found inside a directory or by a pattern are skipped and
+    counted in `summary` (logged when `warn`: callers that only need the list stay quiet, so a
+    corpus resolved twice warns once).
+    """
     if not paths:
         raise OneBertError("no corpus given: pass one or more files, directories or glob patterns")
     files: list[Path] = []
+
+    def keep(candidate: Path, found: list[Path]) -> None:
+        kind = _special_kind(candidate)
+        if kind is None:
+            found.append(candidate)
+            return
+        if summary is not None:
+            summary.special_files_skipped.append(str(candidate))
+        if warn:
+            logger.warning("%s: skipped: %s, not a regular file", candidate, kind)
+
     for raw in paths:
         path = Path(raw)
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = []
+            found: list[Path] = []
             for root, dirs, names in os.walk(path):
                 hidden_dirs = [d for d in dirs if d.startswith(".")]
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -244,14 +290,20 @@ def resolve_corpus_paths(paths: Sequence[str | os.PathLike], summary: CorpusSumm
                         if summary is not None:
                             summary.hidden_files_skipped += 1
                         continue
-                    found.append(Path(root) / name)
+                    keep(Path(root) / name, found)
                 if summary is not None:
                     summary.hidden_files_skipped += len(hidden_dirs)
             if not found:
-                raise OneBertError(f"{path}: directory holds no files")
+                raise OneBertError(f"{path}: directory holds no regular files")
             files.extend(found)
+        elif os.path.lexists(path):
+            raise OneBertError(f"{path}: {_special_kind(path)}, not a regular file or directory; "
+                               f"give text files or a directory of them")
         elif glob.has_magic(str(raw)):
-            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=True) if Path(m).is_file())
+            matches: list[Path] = []
+            for match in sorted(Path(m) for m in glob.glob(str(raw), recursive=True)):
+                if not match.is_dir():
+                    keep(match, matches)
             if not matches:
                 raise OneBertError(f"{raw}: no files match this pattern")
             files.extend(matches)
@@ -735,7 +787,7 @@ def read_documents(paths: Sequence[str | os.PathLike], format: str = "auto", tex
     if format not in FORMATS:
         raise OneBertError(f"--format {format}: must be one of {', '.join(FORMATS)}")
     summary = summary if summary is not None else CorpusSummary()
-    files = resolve_corpus_paths(paths, summary)
+    files = resolve_corpus_paths(paths, summary, warn=warn)
     for path in files:
         head = _read_head(path, FORMAT_SNIFF_BYTES)
         size = path.stat().st_size

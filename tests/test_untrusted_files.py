@@ -270,8 +270,6 @@ def test_malformed_index_file_is_a_one_line_error(tmp_path, tiny_config, index):
     one_line(error, "model.safetensors.index.json")
 
 
-@pytest.mark.xfail(strict=True, reason="onebert/data/shards.py (data engineer): shard names from metadata.json are "
-                                       "joined to the data directory unchecked, so '../..' reads .npy files outside it")
 def test_data_directory_metadata_cannot_point_outside_the_directory(tmp_path, monkeypatch):
     import numpy as np
 

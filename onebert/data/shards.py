@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -45,6 +46,23 @@ SHARD_FIELDS = ("tokens", "offsets", "a_lengths", "labels")
 SPLITS = ("train", "validation")
 # Validation instances get ids in their own range so their masks never coincide with training masks.
 VALIDATION_ID_OFFSET = 1 << 48
+# Shard names come from metadata.json, which may come from anyone: a plain file name, so that
+# "../..", "/abs" or "C:" can never make the reader open .npy files outside DATA_DIR/shards.
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr of a value from an untrusted file, cut so that a message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_shard_name(meta_file: Path, where: str, name: Any) -> str:
+    """`name` when it is a plain shard name, else a one-line OneBertError naming metadata.json and the field."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name) or ".." in name:
+        raise OneBertError(f"{meta_file}: {where}: {_shown(name)} is not a shard name (a plain file name in "
+                           f"{SHARD_DIR}/); refusing it, as it could read files outside the data directory")
+    return name
 
 
 def shard_file(directory: Path, name: str, field: str) -> Path:
@@ -299,6 +317,9 @@ class PretrainingData:
             raise OneBertError(f"{meta_file}: format version {metadata.get('format_version')!r}, this onebert reads "
                                f"version {FORMAT_VERSION}; run `onebert prepare` again")
         splits = metadata["splits"]
+        for split in SPLITS:
+            for i, entry in enumerate(splits.get(split, {}).get("shards", [])):
+                check_shard_name(meta_file, f"splits.{split}.shards[{i}].name", entry["name"])
         train = InstanceStore(directory, splits["train"]["shards"])
         validation_shards = splits.get("validation", {}).get("shards", [])
         validation = InstanceStore(directory, validation_shards) if validation_shards else None

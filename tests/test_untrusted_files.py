@@ -292,9 +292,6 @@ def test_data_directory_metadata_cannot_point_outside_the_directory(tmp_path, mo
     assert "outside" in str(error.value) and not reads
 
 
-@pytest.mark.xfail(strict=True, reason="onebert/data/shards.py (data engineer): PretrainingData.open indexes "
-                                       "metadata.json without checks: KeyError / TypeError / ValueError / "
-                                       "RecursionError instead of a one-line error")
 @pytest.mark.parametrize("metadata", ['{"format": "onebert-pretraining-data", "format_version": 1}',
                                       '{"format": "onebert-pretraining-data", "format_version": 1, "splits": []}',
                                       "[" * 5000])

@@ -57,6 +57,57 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+def _field(meta_file: Path, parent: dict, where: str, key: str, kind: type, *, minimum: int | None = None) -> Any:
+    """parent[key] checked to be of `kind` (and >= `minimum`), else a one-line error naming the file and the field."""
+    shown_key = key if re.fullmatch(r"\w{1,40}", key) else _shown(key, 40)  # keys are untrusted text too
+    name = f"{where}.{shown_key}" if where else shown_key
+    if key not in parent:
+        raise OneBertError(f"{meta_file}: field '{name}' is missing (not a complete data directory; "
+                           f"run `onebert prepare` again)")
+    value = parent[key]
+    # bool is an int subclass, but `true` is no count
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise OneBertError(f"{meta_file}: field '{name}' must be {_KIND_NAMES[kind]}, got {_shown(value)}")
+    if minimum is not None and value < minimum:
+        raise OneBertError(f"{meta_file}: field '{name}' must be >= {minimum}, got {value}")
+    return value
+
+
+def check_metadata(meta_file: Path, metadata: dict[str, Any]) -> None:
+    """Check the type of every field that reading the data directory uses, before any shard file is opened.
+
+    metadata.json may have been edited or come from elsewhere: a missing or mistyped field is a
+    one-line error naming it, never a KeyError or TypeError deep in the training loop.
+    """
+    splits = _field(meta_file, metadata, "", "splits", dict)
+    for split in SPLITS:
+        if split == "validation" and split not in splits:
+            continue  # optional: a directory prepared without held-out documents
+        entry = _field(meta_file, splits, "splits", split, dict)
+        shards = _field(meta_file, entry, f"splits.{split}", "shards", list)
+        for i, shard in enumerate(shards):
+            where = f"splits.{split}.shards[{i}]"
+            if not isinstance(shard, dict):
+                raise OneBertError(f"{meta_file}: field '{where}' must be an object, got {_shown(shard)}")
+            check_shard_name(meta_file, f"{where}.name", _field(meta_file, shard, where, "name", str))
+            _field(meta_file, shard, where, "instances", int, minimum=0)
+    _field(meta_file, metadata, "", "max_seq_length", int, minimum=1)
+    _field(meta_file, metadata, "", "fingerprint", str)
+    tokenizer = _field(meta_file, metadata, "", "tokenizer", dict)
+    vocab_size = _field(meta_file, tokenizer, "tokenizer", "vocab_size", int, minimum=1)
+    _field(meta_file, tokenizer, "tokenizer", "vocab_sha256", str)
+    special_ids = _field(meta_file, tokenizer, "tokenizer", "special_ids", dict)
+    _field(meta_file, special_ids, "tokenizer.special_ids", "pad", int, minimum=0)
+    for key in special_ids:
+        token_id = _field(meta_file, special_ids, "tokenizer.special_ids", key, int, minimum=0)
+        if token_id >= vocab_size:
+            raise OneBertError(f"{meta_file}: field 'tokenizer.special_ids' holds id {token_id}, outside the "
+                               f"vocabulary (vocab_size {vocab_size})")
+
+
 def check_shard_name(meta_file: Path, where: str, name: Any) -> str:
     """`name` when it is a plain shard name, else a one-line OneBertError naming metadata.json and the field."""
     if not isinstance(name, str) or not SHARD_NAME.fullmatch(name) or ".." in name:
@@ -310,16 +361,18 @@ class PretrainingData:
             metadata = json.loads(meta_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise OneBertError(f"{meta_file}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise OneBertError(f"{meta_file}: not valid JSON (nested too deeply)") from None
+        except OSError as exc:
+            raise OneBertError(f"{meta_file}: cannot read: {exc.strerror or exc}") from None
         found = metadata.get("format") if isinstance(metadata, dict) else None
         if found != FORMAT_NAME:
-            raise OneBertError(f"{meta_file}: not onebert pretraining data (format {found!r}, expected {FORMAT_NAME!r})")
+            raise OneBertError(f"{meta_file}: not onebert pretraining data (format {_shown(found)}, expected {FORMAT_NAME!r})")
         if metadata.get("format_version") != FORMAT_VERSION:
-            raise OneBertError(f"{meta_file}: format version {metadata.get('format_version')!r}, this onebert reads "
+            raise OneBertError(f"{meta_file}: format version {_shown(metadata.get('format_version'))}, this onebert reads "
                                f"version {FORMAT_VERSION}; run `onebert prepare` again")
+        check_metadata(meta_file, metadata)
         splits = metadata["splits"]
-        for split in SPLITS:
-            for i, entry in enumerate(splits.get(split, {}).get("shards", [])):
-                check_shard_name(meta_file, f"splits.{split}.shards[{i}].name", entry["name"])
         train = InstanceStore(directory, splits["train"]["shards"])
         validation_shards = splits.get("validation", {}).get("shards", [])
         validation = InstanceStore(directory, validation_shards) if validation_shards else None

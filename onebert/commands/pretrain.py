@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--seed", type=int, default=42, help="seeds weights, data order, masks and dropout")
 
     masking = parser.add_argument_group("masking")
-    masking.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of tokens predicted")
+    masking.add_argument("--mlm-probability", type=float, default=0.15,
+                         help="fraction of tokens predicted in training (evaluation always uses 0.15)")
     masking.add_argument("--max-predictions", type=int, default=None,
                          help="most predictions per sequence (default: mlm-probability x max_seq_length)")
     masking.add_argument("--whole-word-masking", action="store_true", help="mask all pieces of a word together")
@@ -98,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         raise OneBertError("--data is required (a directory written by `onebert prepare`)")
     if not args.output:
         raise OneBertError("--output is required (the run directory)")
+    from pathlib import Path
+
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise OneBertError(f"--output {args.output}: exists and is not a directory")
     if args.bf16:
         if args.precision not in ("auto", "bf16"):
             raise OneBertError(f"--bf16 contradicts --precision {args.precision}")
@@ -140,10 +145,13 @@ def run(args: argparse.Namespace) -> int:
         source = batches if args.num_workers == 0 else PrefetchedBatches(
             batches, depth=2 * args.num_workers, pin_memory=device_type == "cuda")
         eval_size = 2 * args.batch_size
+        # Held-out numbers use BERT's standard 15% masking whatever the training rate, so that runs
+        # trained with different --mlm-probability values stay comparable.
+        eval_masking = MaskingConfig(whole_word=args.whole_word_masking)
 
         def eval_data():
             return data.validation_batches(eval_size, seed=0, rank=dist.rank, world_size=dist.world_size,
-                                           masking=masking, max_instances=args.eval_max_instances)
+                                           masking=eval_masking, max_instances=args.eval_max_instances)
 
         task = PretrainingTask(config, source, args.batch_size,
                                eval_data=eval_data if data.num_validation_instances else None,

@@ -48,7 +48,6 @@ from onebert.train.metrics_log import MetricsLog, Progress, format_metrics
 from onebert.train.optim import LRSchedule, build_optimizer, optimizer_kind, set_lr
 
 Batch = dict[str, torch.Tensor]
-THROUGHPUT_KEYS = ("sequences", "tokens", "flops")
 
 
 class TrainingTask:
@@ -133,7 +132,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.max_steps is None and self.max_time is None:
             raise OneBertError("give --max-steps or --max-time (or both): training needs an end")
-        for name in ("max_steps", "grad_accum", "log_every", "save_every", "eval_every", "keep_last"):
+        for name in ("max_steps", "grad_accum", "log_every", "save_every", "eval_every", "keep_last", "estimate_after"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise OneBertError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -496,10 +495,15 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
             if config.max_time is not None:
                 elapsed = train_seconds()
                 time_up = elapsed >= config.max_time
+                per_step = None
                 if estimate_start is None and step >= start_step + config.estimate_after:
+                    # A first, rough estimate (it includes start-up costs such as compilation), so
+                    # that warm-up starts now; later estimates time the steps after this one.
                     estimate_start = (step, elapsed)
+                    per_step = (elapsed - seconds_before) / (step - start_step)
                 elif estimate_start is not None and step % config.log_every == 0:
                     per_step = (elapsed - estimate_start[1]) / max(step - estimate_start[0], 1)
+                if per_step is not None:
                     new_total = step + int(max(config.max_time - elapsed, 0.0) / max(per_step, 1e-9))
                     if config.max_steps is not None:
                         new_total = min(new_total, config.max_steps)
@@ -536,10 +540,4 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
     return result
 
 
-def config_from_options(options: dict[str, Any], **fields_: Any) -> TrainConfig:
-    """A TrainConfig from an options mapping (argparse namespace as dict), ignoring unrelated keys."""
-    names = set(TrainConfig.__dataclass_fields__)
-    return TrainConfig(**{k: v for k, v in {**options, **fields_}.items() if k in names})
-
-
-__all__ = ["TrainingTask", "TrainConfig", "TrainResult", "train", "config_from_options"]
+__all__ = ["TrainingTask", "TrainConfig", "TrainResult", "train", "step_totals", "accumulate_gradients"]

@@ -4,10 +4,16 @@ Read top to bottom: embeddings, self-attention, feed-forward, layer, encoder, po
 model and one class per head. Parameter names copy `transformers.models.bert` exactly, so a
 state dict moves between the two as an identity mapping (see `onebert.weights`).
 
-Speed without a second code path: when a batch has padding, `BertModel` gathers the real tokens
-into a packed [tokens, hidden] tensor (`onebert.padding`) and every token-wise layer runs on that;
-attention alone sees the padded layout. The masked-LM head runs only at the labelled positions.
-Both apply through the ordinary forward call and are switched off with `model.set_unpadding(False)`.
+Speed without a second code path (each trick a small helper in `onebert.padding`, on by default
+through the ordinary forward call, and switchable for comparison):
+- unpadding: the real tokens are gathered into a packed [tokens, hidden] tensor once, and every
+  layer, attention included, runs on that (`set_unpadding`, `set_packed_attention`);
+- the masked-LM decoder runs only at the labelled positions, and the last layer's attention
+  output and feed-forward only at the positions a head reads: the labelled ones and [CLS] for
+  pretraining, [CLS] for sequence classification (`set_last_layer_subset`);
+- Q, K and V come from one GEMM.
+Under torch.compile the host-side steps (reading the mask, indexing the labelled positions) run
+eagerly and the packed sizes are marked dynamic, so the graph is not retraced for every batch.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebert.config import BertConfig
-from onebert.padding import PaddingInfo, pad, padding_info, unpad
+from onebert.padding import PaddingInfo, nonzero_index, packed_attention, pad, padding_info, unpad
 
 IGNORE_INDEX = -100
 
@@ -98,13 +104,17 @@ class BertSelfAttention(nn.Module):
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(hidden, weight, bias)
-        if padding is not None:  # packed tokens: attention needs [batch, seq] back
+        dropout_p = self.dropout_prob if self.training else 0.0
+        # torch.compile traces the padded form instead: the per-sequence loop would tie the graph
+        # to each batch's lengths and recompile for every new batch.
+        if padding is not None and padding.packed_attention and not torch.compiler.is_compiling():
+            return packed_attention(qkv, padding.lengths, self.num_heads, dropout_p)
+        if padding is not None:  # packed tokens, padded attention: [batch, seq] back for SDPA
             qkv = pad(qkv, padding)
         batch, seq, _ = qkv.shape
         qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=attention_mask,
-            dropout_p=self.dropout_prob if self.training else 0.0)
+        context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attention_mask,
+                                                 dropout_p=dropout_p)
         context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
         return unpad(context, padding) if padding is not None else context
 
@@ -126,8 +136,11 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden, padding, attention_mask):
-        return self.output(self.self(hidden, padding, attention_mask), hidden)
+    def forward(self, hidden, padding, attention_mask, rows=None):
+        context = self.self(hidden, padding, attention_mask)
+        if rows is not None:  # only these tokens' outputs are read: the rest of the layer skips the others
+            context, hidden = context.index_select(0, rows), hidden.index_select(0, rows)
+        return self.output(context, hidden)
 
 
 class BertIntermediate(nn.Module):
@@ -158,8 +171,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden, padding, attention_mask):
-        attended = self.attention(hidden, padding, attention_mask)
+    def forward(self, hidden, padding, attention_mask, rows=None):
+        attended = self.attention(hidden, padding, attention_mask, rows)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -168,9 +181,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden, padding, attention_mask):
-        for layer in self.layer:
-            hidden = layer(hidden, padding, attention_mask)
+    def forward(self, hidden, padding, attention_mask, last_layer_rows=None):
+        """`last_layer_rows`: packed tokens whose output the caller reads; the last layer's attention
+        output and feed-forward run on those only (MosaicML's subset trick: the MLM loss reads ~15%)."""
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            hidden = layer(hidden, padding, attention_mask, last_layer_rows if i == last else None)
         return hidden
 
 
@@ -190,6 +206,7 @@ class BertPreTrainedModel(nn.Module):
     """Weight initialisation and HuggingFace-layout loading/saving shared by every model class."""
 
     config: BertConfig
+    use_last_layer_subset = True  # see set_last_layer_subset
 
     def init_weights(self) -> None:
         self.apply(self._init_module)
@@ -219,6 +236,18 @@ class BertPreTrainedModel(nn.Module):
         """Run token-wise layers on real tokens only (default) or on the padded batch (for comparison)."""
         encoder = self if isinstance(self, BertModel) else self.bert
         encoder.use_unpadding = enabled
+        return self
+
+    def set_packed_attention(self, enabled: bool) -> "BertPreTrainedModel":
+        """With unpadding: attention per sequence on packed tokens (default), or pad -> SDPA -> unpad per layer."""
+        encoder = self if isinstance(self, BertModel) else self.bert
+        encoder.use_packed_attention = enabled
+        return self
+
+    def set_last_layer_subset(self, enabled: bool) -> "BertPreTrainedModel":
+        """Heads that read few positions (MLM with labels, [CLS] classification) run the last
+        layer's attention output and feed-forward on those positions only (default on)."""
+        self.use_last_layer_subset = enabled
         return self
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -258,15 +287,35 @@ class Encoded:
     hidden: torch.Tensor  # [tokens, H] when padding is not None, else [B, S, H]
     padding: PaddingInfo | None
     first_token: torch.Tensor  # [B, H], the [CLS] states
+    rows: torch.Tensor | None = None  # when set, `hidden` holds only these packed tokens (`keep`)
 
     def padded(self) -> torch.Tensor:
+        if self.rows is not None:
+            raise ValueError("the encoder ran its last layer on a subset of the tokens (keep=...); "
+                             "there is no full [batch, seq] output to return")
         return pad(self.hidden, self.padding) if self.padding is not None else self.hidden
 
     def select(self, values: torch.Tensor) -> torch.Tensor:
         """Bring a per-position tensor [B, S, ...] (labels, say) into the hidden state's layout."""
-        if self.padding is not None:
-            return unpad(values, self.padding)
-        return values.reshape(-1, *values.shape[2:])
+        if self.padding is None:
+            return values.reshape(-1, *values.shape[2:])
+        packed = unpad(values, self.padding)
+        return packed.index_select(0, self.rows) if self.rows is not None else packed
+
+
+@torch.compiler.disable
+def _unpadding_for(attention_mask: torch.Tensor | None, batch: int, seq: int, device: torch.device,
+                   packed_attention: bool) -> PaddingInfo | None:
+    """The packed layout for this batch, or None where the padded path must run.
+
+    Unpadding needs position 0 real in every row (right padding, the usual case), so that the
+    pooler's [CLS] is a packed token. Runs eagerly under torch.compile: it reads the mask on the host.
+    """
+    host_mask = (attention_mask.detach().to("cpu", torch.bool) if attention_mask is not None
+                 else torch.ones(batch, seq, dtype=torch.bool))
+    if not bool(host_mask[:, 0].all()):
+        return None
+    return padding_info(host_mask, packed_attention, device=device)
 
 
 class BertModel(BertPreTrainedModel):
@@ -279,11 +328,18 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
         self.use_unpadding = True
+        self.use_packed_attention = True
         if type(self) is BertModel:
             self.init_weights()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> Encoded:
+               token_type_ids: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> Encoded:
+        """Run the encoder; with unpadding on, the result is packed (real tokens only).
+
+        keep: optional [B, S] bool, the positions whose final hidden state the caller reads (masked
+        tokens for the MLM loss, say); the [CLS] positions are always kept. The last layer's
+        token-wise part then runs on those tokens only. Ignored on the padded path.
+        """
         batch, seq = input_ids.shape
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
@@ -291,28 +347,26 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        padding = None
-        sdpa_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            # Unpad only when position 0 is real in every row (right padding, the usual case),
-            # so the pooler's [CLS] is a packed token; otherwise use the padded path.
-            if self.use_unpadding and bool(attention_mask[:, 0].all()):
-                padding = padding_info(attention_mask)
-                sdpa_mask = padding.attention_mask
-            else:
+        padding = _unpadding_for(attention_mask, batch, seq, input_ids.device, self.use_packed_attention) \
+            if self.use_unpadding else None
+        if padding is None:
+            sdpa_mask = None
+            if attention_mask is not None and not bool(attention_mask.all()):
                 sdpa_mask = attention_mask.bool()[:, None, None, :]
-        if padding is not None:
-            hidden = self.embeddings(unpad(input_ids, padding), unpad(token_type_ids, padding),
-                                     unpad(position_ids, padding))
-        else:
             hidden = self.embeddings(input_ids, token_type_ids, position_ids)
-        hidden = self.encoder(hidden, padding, sdpa_mask)
-        if padding is not None:
-            lengths = attention_mask.sum(dim=1)
-            first_token = hidden.index_select(0, torch.cumsum(lengths, 0) - lengths)
-        else:
-            first_token = hidden[:, 0]
-        return Encoded(hidden, padding, first_token)
+            hidden = self.encoder(hidden, None, sdpa_mask)
+            return Encoded(hidden, None, hidden[:, 0])
+        hidden = self.embeddings(unpad(input_ids, padding), unpad(token_type_ids, padding),
+                                 unpad(position_ids, padding))
+        starts = padding.starts
+        rows = None
+        if keep is not None:
+            keep = keep.bool().clone()
+            keep[:, 0] = True
+            rows = nonzero_index(unpad(keep, padding))
+            starts = torch.searchsorted(rows, starts)  # where each [CLS] lands among the kept rows
+        hidden = self.encoder(hidden, padding, padding.attention_mask, rows)
+        return Encoded(hidden, padding, hidden.index_select(0, starts), rows)
 
     def pool(self, encoded: Encoded) -> torch.Tensor | None:
         return self.pooler(encoded.first_token) if self.pooler is not None else None
@@ -380,16 +434,21 @@ class _MaskedLMMixin:
     def tie_weights(self) -> None:
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
+    def _encode_for_masked_lm(self, input_ids, attention_mask, token_type_ids, labels) -> Encoded:
+        # With labels only the labelled positions (and [CLS]) need the last layer's output.
+        keep = labels != IGNORE_INDEX if labels is not None and self.use_last_layer_subset else None
+        return self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep)
+
     def _masked_lm(self, encoded: Encoded, labels: torch.Tensor | None, normalizer, output: ModelOutput):
         head = self.cls.predictions
         if labels is None:
             output.prediction_logits = head(encoded.padded())
             return None
         flat_labels = encoded.select(labels)
-        selected = flat_labels != IGNORE_INDEX
-        masked_labels = flat_labels[selected]
+        selected = nonzero_index(flat_labels != IGNORE_INDEX)
+        masked_labels = flat_labels.index_select(0, selected)
         # The 30k-way decoder only where a prediction is scored: ~15% of tokens, ~6x less work.
-        logits = head(encoded.hidden.reshape(-1, encoded.hidden.shape[-1])[selected])
+        logits = head(encoded.hidden.reshape(-1, encoded.hidden.shape[-1]).index_select(0, selected))
         output.masked_logits, output.masked_labels = logits, masked_labels
         loss_sum = F.cross_entropy(logits.float(), masked_labels, reduction="sum")
         output.mlm_loss = _mean_or_normalised(loss_sum, masked_labels.numel(), normalizer)
@@ -408,7 +467,7 @@ class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, mlm_normalizer=None, nsp_normalizer=None) -> ModelOutput:
-        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        encoded = self._encode_for_masked_lm(input_ids, attention_mask, token_type_ids, labels)
         pooled = self.bert.pool(encoded)
         output = ModelOutput(pooler_output=pooled, seq_relationship_logits=self.cls.seq_relationship(pooled))
         mlm_loss = self._masked_lm(encoded, labels, mlm_normalizer, output)
@@ -431,7 +490,7 @@ class BertForMaskedLM(_MaskedLMMixin, BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 mlm_normalizer=None) -> ModelOutput:
-        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        encoded = self._encode_for_masked_lm(input_ids, attention_mask, token_type_ids, labels)
         output = ModelOutput()
         output.loss = self._masked_lm(encoded, labels, mlm_normalizer, output)
         if output.prediction_logits is not None:
@@ -460,7 +519,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
         return self.config.problem_type == "regression" or (self.num_labels == 1 and self.config.problem_type is None)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
-        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        # Only [CLS] is read after the last layer (encode always keeps it).
+        keep = torch.zeros_like(input_ids, dtype=torch.bool) if self.use_last_layer_subset else None
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep)
         pooled = self.bert.pool(encoded)
         logits = self.classifier(self.dropout(pooled))
         loss = None

@@ -12,9 +12,9 @@ outputs such as last_hidden_state).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -76,13 +76,15 @@ def pad(packed: torch.Tensor, info: PaddingInfo) -> torch.Tensor:
     return out.reshape(info.batch_size, info.seq_len, *packed.shape[1:])
 
 
-def packed_attention(qkv: torch.Tensor, lengths: list[int], num_heads: int, dropout_p: float = 0.0) -> torch.Tensor:
+def packed_attention(qkv: torch.Tensor, lengths: list[int], num_heads: int,
+                     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Softmax attention of every sequence over its own tokens: [tokens, 3*H] -> [tokens, H].
 
     `qkv` holds each token's query, key and value projections side by side, sequences one after
     the other (`lengths` tokens each). Working sequence by sequence costs sum(L^2) instead of
     batch * seq^2 and needs no mask; neighbouring sequences of equal length share one batched
-    product. `split`/`cat` keep the backward a single copy each way. Measured on CPU this beats
+    product. `split`/`cat` keep the backward a single copy each way. `dropout`, when given, is
+    applied to the attention probabilities (a module such as nn.Dropout(p) in training mode). Measured on CPU this beats
     padding back to [batch, seq] for SDPA in every layer, whose index_copy/index_add pair alone
     took a tenth of a base-size training step.
     """
@@ -99,7 +101,7 @@ def packed_attention(qkv: torch.Tensor, lengths: list[int], num_heads: int, drop
     for (length, count), segment in zip(runs, qkv.split([length * count for length, count in runs])):
         q, k, v = segment.view(count, length, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)  # [count, heads, L, d]
         probs = torch.matmul(q * scale, k.transpose(-1, -2)).softmax(dim=-1)
-        if dropout_p > 0.0:
-            probs = F.dropout(probs, dropout_p)
+        if dropout is not None:
+            probs = dropout(probs)
         outputs.append(torch.matmul(probs, v).transpose(1, 2).reshape(count * length, hidden))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]

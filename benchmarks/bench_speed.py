@@ -11,11 +11,13 @@ over repeats and the median of the per-repeat ratios, so load from other process
 machine hits both sides alike. Peak memory is measured per side in a fresh process
 (`benchmarks.measure`). Results go to benchmarks/results/<time>.json and a markdown table.
 
-Workloads:
-  pretrain-bert    BertForPreTraining step (forward + backward + AdamW), BERT's instance lengths (little padding)
-  pretrain-lines   the same step on WikiText paragraphs one per example (realistic padding)
-  classify-sst2    BertForSequenceClassification forward under inference_mode, SST-2 sentences
-  classify-lines   the same on WikiText paragraphs
+Workloads (default padding in brackets, as the reference pipeline for that data pads):
+  pretrain-bert    BertForPreTraining step (forward + backward + AdamW) on the lengths BERT's own
+                   instance creation makes: mostly full, little padding [max_length]
+  pretrain-lines   the same step on WikiText paragraphs, one per example, as run_mlm.py
+                   --line_by_line feeds them: realistic padding [longest]
+  classify-sst2    BertForSequenceClassification forward under inference_mode, SST-2 sentences [longest]
+  classify-lines   the same on WikiText paragraphs [longest]
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
+# workload: (task, length distribution, default padding). The padding is what the reference
+# pipeline for that data does: BERT's instance files (create_pretraining_data.py, NVIDIA's HDF5)
+# store every instance padded to max_seq_length; transformers' run_mlm.py --line_by_line and
+# DataCollatorWithPadding pad each batch to its longest sequence.
 WORKLOADS = {
-    "pretrain-bert": ("pretrain", "bert"),
-    "pretrain-lines": ("pretrain", "lines"),
-    "classify-sst2": ("classify", "sst2"),
-    "classify-lines": ("classify", "lines"),
+    "pretrain-bert": ("pretrain", "bert", "max_length"),
+    "pretrain-lines": ("pretrain", "lines", "longest"),
+    "classify-sst2": ("classify", "sst2", "longest"),
+    "classify-lines": ("classify", "lines", "longest"),
 }
 DTYPES = ("fp32", "bf16")
 SIDES = ("onebert", "transformers")
@@ -59,6 +65,7 @@ class Case:
     padding: str
     compile: str
     batches: int = 3
+    accumulation: int = 1
     seed: int = 0
 
     @property
@@ -83,6 +90,7 @@ class CaseResult:
     time_s: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
     seq_per_s: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
     mfu: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
+    cpu_s: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SIDES})
     ratio: list[float] = field(default_factory=list)
     gemm_peak_flops: list[float] = field(default_factory=list)
     memory: dict[str, dict] = field(default_factory=dict)
@@ -172,36 +180,46 @@ def maybe_compile(model, side: str, case: Case):
 
 
 def make_step(side: str, case: Case, model, optimizer, device: str):
-    """A closure running one step on a batch: training step or inference forward."""
+    """A closure running one step on a list of batches: forward + backward on each (gradient
+    accumulation) then one optimizer step; or, for inference, a forward on each."""
     import torch
 
     if case.task == "pretrain":
-        def train_step(batch):
-            with autocast(case, device):
-                loss = model(**batch.tensors).loss
-            loss.backward()
+        def train_step(batches):
+            for batch in batches:
+                with autocast(case, device):
+                    loss = model(**batch.tensors).loss
+                (loss / len(batches)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         return train_step
 
-    def infer_step(batch):
-        inputs = {k: batch.tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode(), autocast(case, device):
-            model(**inputs).logits
+    def infer_step(batches):
+        for batch in batches:
+            inputs = {k: batch.tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            with torch.inference_mode(), autocast(case, device):
+                model(**inputs).logits
 
     return infer_step
 
 
 def useful_flops(case: Case, batch) -> float:
-    """Model FLOPs on real tokens only (padding excluded), the numerator of MFU."""
+    """The FLOPs the loss or the prediction needs, the numerator of MFU (same for both sides).
+
+    Real tokens only (padding excluded); the MLM decoder at the masked positions only; and in
+    the last layer, queries, output projection and feed-forward only where a head reads the
+    result (masked tokens and [CLS] for pretraining, [CLS] for classification).
+    """
     from onebert.config import BertConfig
     from onebert.model import inference_flops, training_flops
 
     config = BertConfig.from_preset(case.config)
+    lengths = batch.lengths.tolist()
     if case.task == "pretrain":
-        return training_flops(config, batch.lengths.tolist(), batch.masked_tokens)
-    return inference_flops(config, batch.lengths.tolist())
+        return training_flops(config, lengths, batch.masked_tokens,
+                              last_layer_tokens=batch.masked_tokens + len(lengths))
+    return inference_flops(config, lengths, last_layer_tokens=len(lengths))
 
 
 def build_batches(case: Case, data_dir: Path, device: str):
@@ -210,8 +228,8 @@ def build_batches(case: Case, data_dir: Path, device: str):
     from benchmarks.lengths import make_batches
 
     vocab = BertConfig.from_preset(case.config).vocab_size
-    batches = make_batches(case.distribution, case.seq, case.batch_size, case.batches, vocab, case.task,
-                           case.padding, data_dir, case.seed)
+    batches = make_batches(case.distribution, case.seq, case.batch_size, case.batches * case.accumulation, vocab,
+                           case.task, case.padding, data_dir, case.seed)
     return [b.to(device) for b in batches]
 
 
@@ -235,28 +253,34 @@ def run_case(case: Case, args) -> CaseResult:
     result = CaseResult(case, mean_length=float(sum(b.lengths.mean() for b in batches) / len(batches)),
                         mean_width=float(sum(b.width for b in batches) / len(batches)),
                         useful_flops_per_batch=sum(flops) / len(flops))
+    per_step = case.accumulation
+    groups = [batches[i * per_step:(i + 1) * per_step] for i in range(len(batches) // per_step)]
     for side in SIDES:
         for i in range(args.warmup):
-            steps[side](batches[i % len(batches)])
+            steps[side](groups[i % len(groups)])
     synchronize(device)
     for repeat in range(args.repeats):
         peak = gemm_peak_flops(_torch_dtype(case.dtype), device)
         result.gemm_peak_flops.append(peak)
         elapsed = {side: 0.0 for side in SIDES}
-        indices = [(repeat * args.steps + k) % len(batches) for k in range(args.steps)]
+        cpu = {side: 0.0 for side in SIDES}
+        indices = [(repeat * args.steps + k) % len(groups) for k in range(args.steps)]
         for k, index in enumerate(indices):
             # Step by step, the order flipping each time: a burst of load from another process
             # lands on both sides rather than on one side's whole repeat.
             for side in SIDES if (repeat + k) % 2 == 0 else SIDES[::-1]:
                 synchronize(device)
-                start = time.perf_counter()
-                steps[side](batches[index])
+                start, start_cpu = time.perf_counter(), time.process_time()
+                steps[side](groups[index])
                 synchronize(device)
                 elapsed[side] += time.perf_counter() - start
+                cpu[side] += time.process_time() - start_cpu
+        step_flops = sum(flops[i * per_step + j] for i in indices for j in range(per_step))
         for side in SIDES:
             result.time_s[side].append(elapsed[side] / args.steps)
-            result.seq_per_s[side].append(args.steps * case.batch_size / elapsed[side])
-            result.mfu[side].append(sum(flops[i] for i in indices) / elapsed[side] / peak)
+            result.cpu_s[side].append(cpu[side] / args.steps)
+            result.seq_per_s[side].append(args.steps * per_step * case.batch_size / elapsed[side])
+            result.mfu[side].append(step_flops / elapsed[side] / peak)
         result.ratio.append(result.seq_per_s["onebert"][-1] / result.seq_per_s["transformers"][-1])
         print(f"  repeat {repeat + 1}/{args.repeats}: onebert {result.seq_per_s['onebert'][-1]:.2f} seq/s, "
               f"transformers {result.seq_per_s['transformers'][-1]:.2f} seq/s, ratio {result.ratio[-1]:.2f}, "
@@ -280,8 +304,10 @@ def probe_memory(case: Case, side: str, device: str, data_dir: Path, steps: int 
     model = build_model(side, case, device)
     optimizer = make_optimizer(model, device) if case.task == "pretrain" else None
     step = make_step(side, case, maybe_compile(model, side, case), optimizer, device)
+    per_step = case.accumulation
+    groups = [batches[i * per_step:(i + 1) * per_step] for i in range(len(batches) // per_step)]
     if case.compile in ("both", side):
-        step(batches[0])  # compilation's own memory is not the step's
+        step(groups[0])  # compilation's own memory is not the step's
     synchronize(device)
     out: dict = {"method": "cuda max_memory_allocated" if device.startswith("cuda") else "VmHWM after clear_refs"}
     # The reset comes after building the model and before the first step, so the optimizer's
@@ -294,7 +320,7 @@ def probe_memory(case: Case, side: str, device: str, data_dir: Path, steps: int 
         if not reset_peak_rss():
             out["method"] = "ru_maxrss (lifetime peak: could not reset the high-water mark)"
     for i in range(steps):
-        step(batches[i % len(batches)])
+        step(groups[i % len(groups)])
     synchronize(device)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()
@@ -322,7 +348,7 @@ def measure_memory(case: Case, args) -> dict[str, dict]:
 
 
 def markdown_table(results: list[CaseResult]) -> str:
-    head = ("| workload | config | seq | dtype | batch | mean len / padded width | onebert seq/s | "
+    head = ("| workload | config | seq | dtype | seqs/step | padding | mean len / padded width | onebert seq/s | "
             "transformers seq/s | speed-up | MFU onebert | MFU transformers | GEMM peak GFLOP/s | "
             "peak RSS onebert / transformers MiB (step part) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -335,8 +361,9 @@ def markdown_table(results: list[CaseResult]) -> str:
         else:
             memory = "not measured" if not mem else "error"
         c = r.case
+        per_step = f"{c.batch_size}" if c.accumulation == 1 else f"{c.batch_size}x{c.accumulation}"
         lines.append(
-            f"| {c.workload} | {c.config} | {c.seq} | {c.dtype} | {c.batch_size} | {r.mean_length:.0f} / "
+            f"| {c.workload} | {c.config} | {c.seq} | {c.dtype} | {per_step} | {c.padding} | {r.mean_length:.0f} / "
             f"{r.mean_width:.0f} | {s['onebert_seq_per_s']:.2f} | {s['transformers_seq_per_s']:.2f} | "
             f"{s['ratio']:.2f}x | {100 * s['onebert_mfu']:.0f}% | {100 * s['transformers_mfu']:.0f}% | "
             f"{s['gemm_peak_gflops']:.0f} | {memory} |")
@@ -366,8 +393,11 @@ def parse_args(argv=None):
                         help="fp32, or bf16 (torch.autocast on both sides)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="sequences per batch (default: a token budget per config, see DEFAULT_TOKENS)")
-    parser.add_argument("--padding", choices=("longest", "max_length"), default="longest",
-                        help="pad each batch to its longest sequence (default) or to the sequence length")
+    parser.add_argument("--padding", choices=("longest", "max_length"), default=None,
+                        help="pad each batch to its longest sequence or to the sequence length (default: "
+                             "per workload, as its reference pipeline does; see WORKLOADS)")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="pretraining: micro-batches (forward + backward each) per optimizer step")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per side per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
@@ -419,8 +449,10 @@ def plan(args) -> list[Case]:
                     if dtype not in DTYPES:
                         raise SystemExit(f"--dtypes: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
                     batch = args.batch_size or max(1, DEFAULT_TOKENS.get(config, 1024) // seq)
-                    cases.append(Case(workload, config, seq, dtype, batch, args.padding, args.compile,
-                                      batches=args.batches))
+                    padding = args.padding or WORKLOADS[workload][2]
+                    accumulation = args.accumulation if WORKLOADS[workload][0] == "pretrain" else 1
+                    cases.append(Case(workload, config, seq, dtype, batch, padding, args.compile,
+                                      batches=args.batches, accumulation=accumulation))
     return cases
 
 
@@ -440,7 +472,8 @@ def main(argv=None) -> int:
     print(json.dumps(info, indent=1), flush=True)
     results = []
     for case in cases:
-        print(f"{case.name} (batch {case.batch_size}, padding {case.padding}, compile {case.compile})", flush=True)
+        print(f"{case.name} (batch {case.batch_size} x {case.accumulation} per step, padding {case.padding}, "
+              f"compile {case.compile})", flush=True)
         result = run_case(case, args)
         if not args.no_memory:
             result.memory = measure_memory(case, args)

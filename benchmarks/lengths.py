@@ -226,11 +226,23 @@ def make_batch(lengths: np.ndarray, max_seq_length: int, vocab_size: int, task: 
     return Batch(tensors, lengths)
 
 
+def quantile_sample(pool: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` lengths at evenly spaced quantiles of the pool, in random order.
+
+    A benchmark runs only a handful of batches; drawn at random, their mean length can miss the
+    distribution's by 10% (three batches of 8 from `lines` at 128 averaged 106 tokens against
+    91), and the speed-up with it. Quantiles keep the sample's distribution that of the data.
+    """
+    ordered = np.sort(pool)
+    picks = ordered[((np.arange(size) + 0.5) * len(ordered) / size).astype(np.int64)]
+    return rng.permutation(picks)
+
+
 def make_batches(distribution: str, max_seq_length: int, batch_size: int, count: int, vocab_size: int,
                  task: str, padding: str, data_dir: Path, seed: int = 0) -> list[Batch]:
-    """`count` batches of lengths sampled (with replacement) from the distribution's pool."""
+    """`count` batches whose lengths together follow the distribution (`quantile_sample`)."""
     pool = length_pool(distribution, max_seq_length, data_dir, seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    return [make_batch(rng.choice(pool, size=batch_size), max_seq_length, vocab_size, task, padding, generator)
-            for _ in range(count)]
+    lengths = quantile_sample(pool, batch_size * count, rng).reshape(count, batch_size)
+    return [make_batch(row, max_seq_length, vocab_size, task, padding, generator) for row in lengths]

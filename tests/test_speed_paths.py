@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import onebert.model as model_module
 from onebert.config import BertConfig
 from onebert.model import (BertDropout, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
-                           BertModel)
+                           BertModel, inference_flops, training_flops)
 from onebert.padding import packed_attention, padding_info
 
 LOSS_TOL = dict(atol=1e-6, rtol=1e-6)
@@ -298,3 +298,14 @@ def test_switching_fast_dropout_off_gives_torch_dropout(tiny_config, monkeypatch
     monkeypatch.setattr(model_module, "dropout_keep_mask", lambda *a: pytest.fail("fast dropout used"))
     inputs, labels = _batch(tiny_config, (8, 3))
     model(**inputs, labels=labels).masked_logits.sum().backward()
+
+
+def test_training_flops_counts_the_last_layer_only_where_a_head_reads_it(tiny_config):
+    lengths, masked = [10, 6], 4
+    full = training_flops(tiny_config, lengths, masked)
+    assert training_flops(tiny_config, lengths, masked, last_layer_tokens=16) == pytest.approx(full)
+    h, i = tiny_config.hidden_size, tiny_config.intermediate_size
+    subset = training_flops(tiny_config, lengths, masked, last_layer_tokens=6)
+    attention_rows = 3 * 4 * h * (10**2 + 6**2) * 10 / 16
+    assert full - subset == pytest.approx(6 * (2 * h * h + 2 * h * i) * 10 + attention_rows)
+    assert inference_flops(tiny_config, lengths, last_layer_tokens=2) < inference_flops(tiny_config, lengths)

@@ -36,8 +36,10 @@ def _batch(config: BertConfig, lengths, seed=0):
     return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids), labels
 
 
-def _configure(model, unpadding: bool, packed: bool, subset: bool):
-    return model.set_unpadding(unpadding).set_packed_attention(packed).set_last_layer_subset(subset)
+def _configure(model, unpadding: bool, packed: bool, subset: bool, sparse: bool | None = None):
+    sparse = unpadding if sparse is None else sparse
+    return (model.set_unpadding(unpadding).set_packed_attention(packed).set_last_layer_subset(subset)
+            .set_sparse_word_gradient(sparse))
 
 
 def _loss_and_grads(model, loss_fn):
@@ -93,7 +95,8 @@ def test_packed_attention_keeps_sequences_apart():
 # ----------------------------------------------------------------------------- whole models
 
 
-SWITCHES = list(itertools.product([True, False], repeat=3))  # unpadding, packed attention, last-layer subset
+# unpadding, packed attention, last-layer subset, sparse word-lookup gradient
+SWITCHES = list(itertools.product([True, False], repeat=4))
 
 
 @pytest.mark.parametrize("lengths", [(16, 5, 11, 2, 16), (9, 9, 9)], ids=["padded", "no-padding"])
@@ -106,9 +109,27 @@ def test_pretraining_speed_paths_give_the_plain_loss_and_gradients(tiny_config, 
     def loss_fn(m):
         return m(**inputs, labels=labels, next_sentence_label=nsp).loss
 
-    plain = _loss_and_grads(_configure(model, False, False, False), loss_fn)
+    plain = _loss_and_grads(_configure(model, False, False, False, False), loss_fn)
     for switches in SWITCHES[:-1]:
         _assert_same(plain, _loss_and_grads(_configure(model, *switches), loss_fn), f"switches {switches}")
+
+
+def test_word_embedding_gradient_is_dense_even_when_the_decoder_is_not_in_the_loss(tiny_config):
+    model = BertForPreTraining(tiny_config)
+    assert model.bert.embeddings.sparse_word_gradient, "on by default for a tied decoder"
+    inputs, labels = _batch(tiny_config, (8, 3))
+    model(**inputs, labels=labels).mlm_loss.backward()
+    assert not model.bert.embeddings.word_embeddings.weight.grad.is_sparse
+    model.zero_grad(set_to_none=True)
+    model(**inputs, next_sentence_label=torch.tensor([0, 1])).nsp_loss.backward()  # decoder unused
+    grad = model.bert.embeddings.word_embeddings.weight.grad
+    assert not grad.is_sparse and grad[inputs["input_ids"][0, 0]].abs().sum() > 0
+    torch.optim.AdamW(model.parameters(), fused=True).step()  # fused AdamW refuses sparse gradients
+
+
+def test_models_without_a_decoder_keep_a_dense_word_lookup(tiny_config):
+    model = BertForSequenceClassification(tiny_config).set_sparse_word_gradient(True)
+    assert not model.bert.embeddings.sparse_word_gradient
 
 
 def test_masked_lm_speed_paths_give_the_plain_loss_and_gradients(tiny_config):

@@ -9,6 +9,7 @@ Every command accepts `--config FILE` (YAML, TOML or JSON): its keys are the lon
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -81,7 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"onebert {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A full disk, a read-only or vanished directory: the machine's fault, not a bug; one line.
+        from onebert.io_utils import os_error_behind
+
+        os_error = os_error_behind(exc)
+        if os_error is None or os_error.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{os_error.filename}: " if os_error.filename else ""
+        print(f"onebert {args.command}: error: {where}{os_error.strerror or os_error}", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT,
+                       errno.EMFILE, errno.ENFILE, errno.EFBIG}
 
 
 def _nested_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

@@ -33,12 +33,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise OneBertError(f"{path}: could not write: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        os_error = os_error_behind(exc)
+        if os_error is None:
+            raise
+        raise OneBertError(f"{path}: could not write: {os_error.strerror or os_error}") from None
+
+
+def os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError (disk full, permission, ...) that `exc` is or wraps, else None.
+
+    Writers such as torch.save's zip container turn a full disk into a RuntimeError whose context
+    holds the OSError; the user needs to hear "No space left on device", not the container's words.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        if isinstance(exc, OneBertError):
+            return None  # already a message for the user
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

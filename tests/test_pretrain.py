@@ -275,36 +275,54 @@ def test_cli_pretrain_then_transformers_loads_the_model_and_plot_writes_a_png(pr
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_kill_9_then_resume_equals_the_uninterrupted_run(prepared, tmp_path):
+def test_cli_killed_at_random_moments_several_times_then_resumed_equals_the_uninterrupted_run(prepared, tmp_path):
+    """kill -9 three times, each at a random moment after the run's newest checkpoint (mid-step or
+    mid-save); each resume names the checkpoint it takes, loses at most the steps since the last
+    complete one, and the end result is the uninterrupted run's, bit for bit."""
     import os
     import random
+    import re
     import signal
     import subprocess
     import time
 
     from onebert.cli import main
+    from onebert.train.checkpoint import list_checkpoints
 
-    args = ("--max-steps", 60, "--save-every", 5, "--eval-every", 1000)
+    args = ("--max-steps", 60, "--save-every", 3, "--eval-every", 1000)
     assert main(_pretrain_args(prepared, tmp_path / "straight", *args)) == 0
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    # unbuffered: the line naming the resumed checkpoint must reach the pipe before the kill
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd(), "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "onebert", *_pretrain_args(prepared, killed, *args)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoints" / "step-00000005" / "manifest.json").exists():
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    time.sleep(random.uniform(0, 0.05))  # a moment further into the run: the kill lands mid-step or mid-save
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL and not (killed / "final").exists()
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    complete_before_kill = 0
+    for kill in range(3):
+        resume = ("--resume",) if kill else ()
+        process = subprocess.Popen([sys.executable, "-m", "onebert", *_pretrain_args(prepared, killed, *args, *resume)],
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        target = complete_before_kill + 3  # let the run save one more checkpoint, then kill it a moment later
+        deadline = time.monotonic() + 120
+        while not (killed / "checkpoints" / f"step-{target:08d}" / "manifest.json").exists():
+            assert process.poll() is None, process.stderr.read()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.15))
+        process.send_signal(signal.SIGKILL)
+        out, _ = process.communicate()
+        assert process.returncode == -signal.SIGKILL and not (killed / "final").exists(), f"seed {seed}"
+        if kill:  # the resumed process said which checkpoint it continued from: the newest complete one
+            resumed = re.search(r"step-(\d{8}) \(step (\d+)\)", out)
+            assert resumed and int(resumed.group(2)) == complete_before_kill, (out[-1500:], seed)
+        complete_before_kill = int(list_checkpoints(killed)[-1].name.split("-")[1])
+        assert complete_before_kill >= target, f"seed {seed}"
 
     assert main(_pretrain_args(prepared, killed, *args, "--resume")) == 0
-    assert _train_curve(killed) == _train_curve(tmp_path / "straight")
+    assert _train_curve(killed) == _train_curve(tmp_path / "straight"), f"seed {seed}"
     expected, got = _final_state(tmp_path / "straight"), _final_state(killed)
-    assert all(torch.equal(got[name], expected[name]) for name in expected)
+    assert all(torch.equal(got[name], expected[name]) for name in expected), f"seed {seed}"
 
 
 def _error_of(capsys, argv):

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
     optim.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping threshold")
+    optim.add_argument("--max-bad-steps", type=int, default=5,
+                       help="a step whose loss or gradients are NaN/inf is skipped (and logged); this many "
+                            "in a row stop the run with a message (1: stop at the first)")
     optim.add_argument("--seed", type=int, default=42, help="seeds the new head, the data order and dropout")
 
     features = parser.add_argument_group("inputs")
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output, max_steps=1, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio,
         schedule=args.schedule, weight_decay=args.weight_decay, adam_eps=args.adam_eps,
-        max_grad_norm=args.max_grad_norm, seed=args.seed, save_every=args.save_every, keep_last=args.keep_last,
+        max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed, save_every=args.save_every, keep_last=args.keep_last,
         log_every=args.log_every, resume=args.resume, precision=args.precision, compile=args.compile,
         device=args.device)
     loop_config.validate()

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="decay after warm-up (to 0 at the end)")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping threshold")
+    optim.add_argument("--max-bad-steps", type=int, default=5,
+                       help="a step whose loss or gradients are NaN/inf is skipped (and logged); this many "
+                            "in a row stop the run with a message (1: stop at the first)")
     optim.add_argument("--seed", type=int, default=42, help="seeds weights, data order, masks and dropout")
 
     masking = parser.add_argument_group("masking")
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     loop_config = TrainConfig(
         output_dir=args.output, max_steps=args.max_steps, max_time=args.max_time, grad_accum=args.grad_accum,
         lr=args.lr, warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio if args.warmup_steps is None else None,
-        schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, seed=args.seed,
+        schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed,
         save_every=args.save_every, keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every,
         resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device)
     loop_config.validate()

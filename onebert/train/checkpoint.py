@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from onebert.errors import OneBertError
+from onebert.io_utils import os_error_behind
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -134,12 +135,12 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OneBertError(f"{final}: could not write checkpoint: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os_error = os_error_behind(exc)  # torch.save reports a full disk as a RuntimeError around it
+        if os_error is None:
+            raise
+        raise OneBertError(f"{final}: could not write checkpoint: {os_error.strerror or os_error}") from None
     prune_checkpoints(run_dir, keep_last)
     return final
 

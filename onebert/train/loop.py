@@ -136,6 +136,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise OneBertError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_nonfinite, int) or self.max_nonfinite < 1:
+            raise OneBertError(f"--max-bad-steps must be a positive integer, got {self.max_nonfinite!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise OneBertError(f"--max-time must be positive, got {self.max_time!r} seconds")
         if not self.lr > 0:

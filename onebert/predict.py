@@ -172,6 +172,7 @@ class Predictor:
     batch_size: int = 32
     precision: str = "fp32"
     directory: Path | None = None
+    progress: bool = False  # a progress bar on a terminal (the commands; not the pipeline)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
@@ -215,7 +216,7 @@ class Predictor:
             return []
         features = encode(self.spec, self.tokenizer, examples, with_labels=False)
         outputs = forward(self.model, features, batch_size=self.batch_size, device=self.device,
-                          autocast=self.autocast(), pad_token_id=self.tokenizer.pad_token_id)
+                          autocast=self.autocast(), pad_token_id=self.tokenizer.pad_token_id, progress=self.progress)
         return decode(self.spec, outputs, features, examples)
 
     def evaluate(self, examples: Sequence[Any]) -> tuple[dict[str, Any], list[Any]]:
@@ -250,20 +251,28 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def forward(model, features: Features, *, batch_size: int, device, autocast=None,
-            pad_token_id: int = 0) -> dict[str, list[np.ndarray]]:
+def forward(model, features: Features, *, batch_size: int, device, autocast=None, pad_token_id: int = 0,
+            progress: bool = False) -> dict[str, list[np.ndarray]]:
     """Run the model over every feature row; per-row float32 outputs in the rows' order.
 
     "logits": [num_labels] per row (classification) or [length, num_labels] (NER);
     "start_logits" / "end_logits": [length] per row (QA). Padding is cut off each row.
+    progress: a progress bar on a terminal (stderr).
     """
+    import sys
+
     import torch
 
     autocast = autocast or contextlib.nullcontext()
     lengths = features.lengths()
     results: dict[str, list[Any]] = {}
+    batches = length_sorted_batches(lengths, batch_size)
+    if progress and sys.stderr.isatty() and len(batches) > 1:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
     with torch.inference_mode():
-        for rows in length_sorted_batches(lengths, batch_size):
+        for rows in batches:
             batch = collate([{k: features.columns[k][i] for k in _INPUT_KEYS} for i in rows], pad_token_id)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
             raise OneBertError(f"--{name} is required")
     precision = "bf16" if args.bf16 else args.precision
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
+    predictor.progress = True
     spec = predictor.spec
     if args.null_threshold is not None:
         if spec.task != "qa":

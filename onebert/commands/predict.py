@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             raise OneBertError(f"--{name} is required")
     precision = "bf16" if args.bf16 else args.precision
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
+    predictor.progress = True
     start = time.perf_counter()
     if args.input == "-":
         # The readers read files; stdin goes through a temporary one, and errors name <stdin>.

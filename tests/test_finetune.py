@@ -369,6 +369,49 @@ def test_interrupted_fine_tuning_resumes_to_the_same_model(tiny_model, tmp_path,
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
+def test_fine_tuning_killed_twice_at_random_moments_resumes_to_the_same_model(tiny_model, tmp_path):
+    """kill -9 a real `onebert finetune` twice, each a random moment after its newest checkpoint."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    from onebert.train.checkpoint import list_checkpoints
+
+    train = write_pairs(tmp_path / "train.tsv", 96, 3)
+    common = ["--task", "classification", "--model", str(tiny_model), "--train", str(train), "--max-steps", "36",
+              "--save-every", "4"]
+    assert _finetune(*common, "--output", str(tmp_path / "straight")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd(), "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed"
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    complete = 0
+    for kill in range(2):
+        argv = [sys.executable, "-m", "onebert", "finetune", *common, "--output", str(killed), "--lr", "2e-3",
+                "--batch-size", "16", "--log-every", "100", "--device", "cpu", *(["--resume"] if kill else [])]
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        target = complete + 4
+        deadline = time.monotonic() + 120
+        while not (killed / "checkpoints" / f"step-{target:08d}" / "manifest.json").exists():
+            assert process.poll() is None, process.stderr.read()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.1))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL and not (killed / "final").exists(), f"seed {seed}"
+        complete = int(list_checkpoints(killed)[-1].name.split("-")[1])
+    assert _finetune(*common, "--output", str(killed), "--resume") == 0
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(killed / "final" / "model.safetensors")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=f"{name} (seed {seed})")
+
+
 # ---------------------------------------------------------------------- bad input: one line, exit code 2
 
 

@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         os_error = os_error_behind(exc)
@@ -73,7 +73,8 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
         writer(tmp)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

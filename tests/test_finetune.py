@@ -20,13 +20,7 @@ from onebert.train.metrics_log import read_metrics
 QA_OPTIONS = ["--max-seq-length", "48", "--doc-stride", "16", "--max-query-length", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and two OpenMP threads stall on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,7 @@ QUESTIONS = [{"question": "where does john live ?", "context": "the film . john 
              {"question": "where ?", "context": ""}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 @pytest.fixture(scope="module")

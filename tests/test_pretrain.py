@@ -21,14 +21,7 @@ from onebert.train.pretraining import PretrainingTask
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two OpenMP
-    threads wait on each other (measured: 60 tiny steps took 29 s with 2 threads, 2.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread
 
 
 def _model(config, seed=0):

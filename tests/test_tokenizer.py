@@ -378,7 +378,7 @@ def write_vocab(path: Path, tokens: list[str]) -> Path:
 
 
 def test_vocab_without_special_tokens_names_file_and_missing_tokens(tmp_path):
-    vocab = write_vocab(tmp_path / "vocab.txt", ["[PAD]", "[UNK]", "[SEP]", "hello"])
+    write_vocab(tmp_path / "vocab.txt", ["[PAD]", "[UNK]", "[SEP]", "hello"])
     with pytest.raises(OneBertError, match=r"vocab\.txt: missing special tokens \[CLS\], \[MASK\]"):
         Tokenizer.from_pretrained(tmp_path)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from onebert.errors import OneBertError
-from onebert.io_utils import os_error_behind
+from onebert.io_utils import fsync_dir, os_error_behind
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -134,7 +134,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]
         if final.exists():  # the same step saved again after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         os_error = os_error_behind(exc)  # torch.save reports a full disk as a RuntimeError around it
@@ -154,19 +154,6 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int | None) -> None
         return
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- load

@@ -149,6 +149,19 @@ def test_ner_learns_entities_and_predicts_character_spans_from_text_and_conll(ru
     assert len(conll) == 32 and all(r["text"] == " ".join(r["words"]) for r in conll)
 
 
+@pytest.mark.parametrize("name", ["pairs", "ner"])
+def test_plot_draws_a_fine_tuning_run_and_info_shows_its_task_and_labels(runs, capsys, tmp_path, name):
+    run = runs[name]
+    png = tmp_path / f"{name}.png"
+    assert main(["plot", str(run["dir"]), "--output", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["info", str(run["dir"] / "best")]) == 0
+    shown = capsys.readouterr().out
+    task, labels = {"pairs": ("classification", ("yes", "no")), "ner": ("ner", ("B-PER", "I-LOC"))}[name]
+    assert task in shown and all(label in shown for label in labels)
+
+
 def test_qa_v2_threshold_is_tuned_on_validation_in_the_run_and_saved_with_the_best_model(runs, capsys):
     run = runs["qa"]
     meta = _config(run["dir"])["onebert"]

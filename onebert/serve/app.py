@@ -30,7 +30,7 @@ from typing import Annotated, Any, Callable, Literal, Union
 from fastapi import Body, FastAPI, HTTPException
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -91,7 +91,8 @@ class EmbedRequest(_Body):
     texts: Annotated[list[str], Field(min_length=1, description="one or more texts")]
     pooling: Literal["mean", "cls", "pooler"] | None = Field(
         None, description="mean of token states, the [CLS] state, or the tanh pooler (default: the server's)")
-    normalize: bool | None = Field(None, description="L2-normalise each vector (default: the server's)")
+    # Strict: JSON true/false only (lax parsing took 0.0 or "yes" as a boolean; found by schemathesis).
+    normalize: StrictBool | None = Field(None, description="L2-normalise each vector (default: the server's)")
 
 
 class ClassPrediction(BaseModel):

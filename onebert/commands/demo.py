@@ -75,16 +75,16 @@ def run(args: argparse.Namespace) -> int:
 def _show_fill_mask(model_dir) -> None:
     import torch
 
-    from onebert.model import BertForMaskedLM
+    from onebert.model import BertForPreTraining
     from onebert.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(model_dir)
-    model = BertForMaskedLM.from_pretrained(model_dir).eval()
+    model = BertForPreTraining.from_pretrained(model_dir).eval()  # the saved heads, so nothing is reported unused
     print("\n[demo] the pretrained model fills in [MASK]:")
     batch = tokenizer(list(_PROBES), return_tensors="pt")
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     with torch.inference_mode():
-        logits = model(**inputs).logits
+        logits = model(**inputs).prediction_logits
     for row, probe in enumerate(_PROBES):
         position = int((inputs["input_ids"][row] == tokenizer.mask_token_id).nonzero()[0])
         top = logits[row, position].softmax(-1).topk(5)

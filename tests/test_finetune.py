@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from kill_helpers import wait_for_checkpoint
 from tiny_finetune import make_tiny_model, write_conll, write_pairs, write_regression, write_squad
 
 from onebert.cli import main
@@ -402,11 +403,7 @@ def test_fine_tuning_killed_twice_at_random_moments_resumes_to_the_same_model(ti
                 "--batch-size", "16", "--log-every", "100", "--device", "cpu", *(["--resume"] if kill else [])]
         process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         target = complete + 4
-        deadline = time.monotonic() + 120
-        while not (killed / "checkpoints" / f"step-{target:08d}" / "manifest.json").exists():
-            assert process.poll() is None, process.stderr.read()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
+        wait_for_checkpoint(process, killed, target)
         time.sleep(rng.uniform(0, 0.1))
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from kill_helpers import wait_for_checkpoint
 from synthetic_pretraining import SyntheticBatches, prepare_small_corpus
 
 from onebert.errors import OneBertError
@@ -298,11 +299,7 @@ def test_cli_killed_at_random_moments_several_times_then_resumed_equals_the_unin
         process = subprocess.Popen([sys.executable, "-m", "onebert", *_pretrain_args(prepared, killed, *args, *resume)],
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         target = complete_before_kill + 3  # let the run save one more checkpoint, then kill it a moment later
-        deadline = time.monotonic() + 120
-        while not (killed / "checkpoints" / f"step-{target:08d}" / "manifest.json").exists():
-            assert process.poll() is None, process.stderr.read()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
+        wait_for_checkpoint(process, killed, target)
         time.sleep(rng.uniform(0, 0.15))
         process.send_signal(signal.SIGKILL)
         out, _ = process.communicate()

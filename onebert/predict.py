@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -259,8 +260,6 @@ def forward(model, features: Features, *, batch_size: int, device, autocast=None
     "start_logits" / "end_logits": [length] per row (QA). Padding is cut off each row.
     progress: a progress bar on a terminal (stderr).
     """
-    import sys
-
     import torch
 
     autocast = autocast or contextlib.nullcontext()

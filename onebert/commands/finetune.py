@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output, max_steps=1, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio,
         schedule=args.schedule, weight_decay=args.weight_decay, adam_eps=args.adam_eps,
-        max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed, save_every=args.save_every, keep_last=args.keep_last,
+        max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed,
+        save_every=args.save_every, keep_last=args.keep_last,
         log_every=args.log_every, resume=args.resume, precision=args.precision, compile=args.compile,
         device=args.device)
     loop_config.validate()

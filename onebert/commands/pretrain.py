@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     loop_config = TrainConfig(
         output_dir=args.output, max_steps=args.max_steps, max_time=args.max_time, grad_accum=args.grad_accum,
         lr=args.lr, warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio if args.warmup_steps is None else None,
-        schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed,
+        schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+        max_nonfinite=args.max_bad_steps, seed=args.seed,
         save_every=args.save_every, keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every,
         resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device)
     loop_config.validate()

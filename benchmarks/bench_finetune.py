@@ -62,6 +62,18 @@ TASKS = {
     "squad20": dict(kind="qa", epochs=1, batch_size=16, max_seq_length=384, doc_stride=128, version_2=True,
                     metrics=("f1", "exact_match", "best_f1")),
 }
+
+
+def task_config(task: str, epochs: int | None = None, lr: float | None = None) -> dict:
+    """The task's settings with the run's budget overrides (`run --epochs/--lr`), the same for both sides."""
+    cfg = {**TASKS[task], "lr": COMMON["lr"]}
+    if epochs is not None:
+        cfg["epochs"] = epochs
+    if lr is not None:
+        cfg["lr"] = lr
+    return cfg
+
+
 # SQuAD v2.0 dev subset: 5 articles. v2.0 task: train on three, evaluate on the other two.
 V2_TRAIN_ARTICLES = ("Normans", "Computational_complexity_theory", "Southern_California")
 
@@ -135,7 +147,7 @@ def _write_squad(path: Path, articles: list[dict], version: str) -> None:
 # ---------------------------------------------------------------------- onebert
 
 
-def run_onebert(task: str, files: dict[str, str], seed: int, run_dir: Path, threads: int) -> dict:
+def run_onebert(task: str, files: dict[str, str], seed: int, run_dir: Path, threads: int, cfg: dict) -> dict:
     import torch
 
     import onebert.commands.evaluate  # noqa: F401 - imports before the clock, as on the other side
@@ -145,10 +157,9 @@ def run_onebert(task: str, files: dict[str, str], seed: int, run_dir: Path, thre
     from onebert.cli import main
 
     torch.set_num_threads(threads)
-    cfg = TASKS[task]
     args = ["finetune", "--task", cfg["kind"], "--model", str(minilm_dir()), "--train", files["train"],
             "--output", str(run_dir), "--epochs", str(cfg["epochs"]), "--batch-size", str(cfg["batch_size"]),
-            "--lr", str(COMMON["lr"]), "--warmup-ratio", str(COMMON["warmup_ratio"]),
+            "--lr", str(cfg["lr"]), "--warmup-ratio", str(COMMON["warmup_ratio"]),
             "--weight-decay", str(COMMON["weight_decay"]), "--adam-eps", str(COMMON["adam_eps"]),
             "--max-grad-norm", str(COMMON["max_grad_norm"]), "--max-seq-length", str(cfg["max_seq_length"]),
             "--seed", str(seed), "--device", "cpu", "--precision", "fp32", "--log-every", "20"]
@@ -186,7 +197,7 @@ def _percent(value: float, kind: str) -> float:
 # ---------------------------------------------------------------------- transformers (run_glue / run_ner / run_qa)
 
 
-def run_transformers(task: str, files: dict[str, str], seed: int, run_dir: Path, threads: int,
+def run_transformers(task: str, files: dict[str, str], seed: int, run_dir: Path, threads: int, cfg: dict,
                      sampling: str = "random") -> dict:
     import numpy as np
     import torch
@@ -197,13 +208,12 @@ def run_transformers(task: str, files: dict[str, str], seed: int, run_dir: Path,
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(threads)
-    cfg = TASKS[task]
     kind = cfg["kind"]
 
     def arguments(directory: Path) -> TrainingArguments:
         return TrainingArguments(
             output_dir=str(directory), per_device_train_batch_size=cfg["batch_size"],
-            per_device_eval_batch_size=COMMON["eval_batch_size"], learning_rate=COMMON["lr"],
+            per_device_eval_batch_size=COMMON["eval_batch_size"], learning_rate=cfg["lr"],
             num_train_epochs=cfg["epochs"], warmup_steps=COMMON["warmup_ratio"], weight_decay=COMMON["weight_decay"],
             adam_epsilon=COMMON["adam_eps"], max_grad_norm=COMMON["max_grad_norm"], lr_scheduler_type="linear",
             seed=seed, save_strategy="no", eval_strategy="no", logging_steps=20, report_to="none", use_cpu=True,
@@ -500,12 +510,23 @@ def squad_evaluate(examples, answers: dict, diffs: dict | None) -> dict[str, flo
 FRAMEWORKS = ("onebert", "transformers")
 
 
-def run_all(out: Path, tasks: list[str], seeds: list[int], threads: int, frameworks: tuple[str, ...]) -> None:
+def run_all(out: Path, tasks: list[str], seeds: list[int], threads: int, frameworks: tuple[str, ...],
+            epochs: int | None = None, lr: float | None = None, allocator: str = "system") -> None:
     files = json.loads((out / "files.json").read_text(encoding="utf-8"))
     results = out / "results.jsonl"
     turn = sum(1 for _ in results.open()) // 2 if results.exists() else 0
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("LD_PRELOAD", None)
+    if allocator == "tcmalloc":
+        sys.path.insert(0, str(REPO))
+        from onebert.launcher import find_tcmalloc
+
+        library = find_tcmalloc()
+        if library is None:
+            raise SystemExit("--allocator tcmalloc: libtcmalloc_minimal not found "
+                             "(apt-get install libtcmalloc-minimal4)")
+        env["LD_PRELOAD"] = library
     for task in tasks:
         for seed in seeds:
             order = frameworks if turn % 2 == 0 else tuple(reversed(frameworks))
@@ -515,12 +536,15 @@ def run_all(out: Path, tasks: list[str], seeds: list[int], threads: int, framewo
                 command = [sys.executable, __file__, "worker", "--framework", framework, "--task", task,
                            "--seed", str(seed), "--threads", str(threads), "--run-dir", str(run_dir),
                            "--files", json.dumps(files[task])]
+                budget = task_config(task, epochs, lr)
+                command += ["--epochs", str(budget["epochs"]), "--lr", str(budget["lr"])]
                 started = time.strftime("%H:%M:%S")
                 done = subprocess.run(command, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(done.stderr[-3000:], file=sys.stderr)
                     raise SystemExit(f"{framework} {task} seed {seed} failed")
-                record = {"task": task, "framework": framework, "seed": seed, "started": started,
+                record = {"task": task, "framework": framework, "seed": seed, "epochs": budget["epochs"],
+                          "lr": budget["lr"], "allocator": allocator, "started": started,
                           "load": os.getloadavg()[0], **json.loads(done.stdout.strip().splitlines()[-1])}
                 with results.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -530,15 +554,19 @@ def run_all(out: Path, tasks: list[str], seeds: list[int], threads: int, framewo
 def report(out: Path) -> str:
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     by = collections.defaultdict(list)
+    budgets = collections.defaultdict(set)
     for r in records:
-        by[(r["task"], r["framework"])].append(r)
+        budget = (r["epochs"], r["lr"])
+        budgets[r["task"]].add(budget)
+        by[(r["task"], budget, r["framework"])].append(r)
     lines = ["| task | metric | onebert | transformers | Δ | train s onebert | train s transformers | train speed-up "
              "| eval s onebert | eval s transformers | eval speed-up | runs |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for task in TASKS:
-        ours, theirs = by.get((task, "onebert")), by.get((task, "transformers"))
+    for task, budget in ((t, b) for t in TASKS for b in sorted(budgets[t])):
+        ours, theirs = by.get((task, budget, "onebert")), by.get((task, budget, "transformers"))
         if not ours or not theirs:
             continue
+        name = task if len(budgets[task]) == 1 else f"{task} ({budget[0]} ep, lr {budget[1]:g})"
         for i, metric in enumerate(TASKS[task]["metrics"]):
             a = statistics.median(r["scores"][metric] for r in ours)
             b = statistics.median(r["scores"][metric] for r in theirs)
@@ -549,7 +577,7 @@ def report(out: Path) -> str:
                 times = f"{ta:.0f} | {tb:.0f} | {tb / ta:.2f}x | {ea:.1f} | {eb:.1f} | {eb / ea:.2f}x | {len(ours)}"
             else:
                 times = " | ".join([""] * 7)
-            lines.append(f"| {task if i == 0 else ''} | {metric} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {times} |")
+            lines.append(f"| {name if i == 0 else ''} | {metric} | {a:.2f} | {b:.2f} | {a - b:+.2f} | {times} |")
     return "\n".join(lines)
 
 
@@ -565,6 +593,10 @@ def main() -> None:
     r.add_argument("--seeds", nargs="+", type=int, default=[42])
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS + ("transformers-grouped",), default=list(FRAMEWORKS))
+    r.add_argument("--epochs", type=int, help="override the tasks' epochs (both sides)")
+    r.add_argument("--lr", type=float, help="override the learning rate (both sides)")
+    r.add_argument("--allocator", choices=("system", "tcmalloc"), default="system",
+                   help="malloc for both sides' processes (default: the system's, as the runs in BENCHMARKS.md)")
     s = sub.add_parser("report")
     s.add_argument("--out", type=Path, required=True)
     w = sub.add_parser("worker")
@@ -574,11 +606,14 @@ def main() -> None:
     w.add_argument("--threads", type=int, required=True)
     w.add_argument("--run-dir", type=Path, required=True)
     w.add_argument("--files", required=True)
+    w.add_argument("--epochs", type=int, required=True)
+    w.add_argument("--lr", type=float, required=True)
     args = parser.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(args.out, args.data), indent=2))
     elif args.command == "run":
-        run_all(args.out, args.tasks, args.seeds, args.threads, tuple(args.frameworks))
+        run_all(args.out, args.tasks, args.seeds, args.threads, tuple(args.frameworks), args.epochs, args.lr,
+                args.allocator)
     elif args.command == "report":
         print(report(args.out))
     else:
@@ -589,10 +624,12 @@ def main() -> None:
             shutil.rmtree(args.run_dir)
         args.run_dir.parent.mkdir(parents=True, exist_ok=True)
         if args.framework == "onebert":
-            result = run_onebert(args.task, files, args.seed, args.run_dir, args.threads)
+            cfg = task_config(args.task, args.epochs, args.lr)
+            result = run_onebert(args.task, files, args.seed, args.run_dir, args.threads, cfg)
         else:
             sampling = "group_by_length" if args.framework == "transformers-grouped" else "random"
-            result = run_transformers(args.task, files, args.seed, args.run_dir, args.threads, sampling)
+            cfg = task_config(args.task, args.epochs, args.lr)
+            result = run_transformers(args.task, files, args.seed, args.run_dir, args.threads, cfg, sampling)
         import platform
 
         import torch

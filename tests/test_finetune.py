@@ -474,3 +474,32 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(case, tmp_path, tiny_mod
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert expected in err, err
     assert not (tmp_path / "out").exists()  # nothing written before the input was checked
+
+
+def test_qa_trains_on_random_batches_classification_on_length_grouped_ones(tiny_model):
+    """Why random for QA: the questions on one paragraph have nearly the same length, so length-grouped batches
+    would each hold one paragraph's questions (correlated gradients; 1.7 F1 on SQuAD v1.1, BENCHMARKS.md)."""
+    from onebert.config import BertConfig
+    from onebert.data.tasks import QAExample, SquadAnswer, TextExample
+    from onebert.predict import TaskSpec, load_tokenizer
+    from onebert.train.finetuning import FineTuningTask
+
+    config = BertConfig.load(tiny_model)
+    tokenizer = load_tokenizer(tiny_model, config)
+    contexts = [" ".join(["film"] * n) + " in paris." for n in (4, 12, 20, 28)]
+    questions = [QAExample(id=f"{c}-{q}", question="where is the film?", context=context,
+                           answers=[SquadAnswer("paris", context.index("paris"))])
+                 for c, context in enumerate(contexts) for q in range(16)]
+    texts = [TextExample(text=" ".join(["film"] * n), label="a" if q % 2 else "b")
+             for n in (4, 12, 20, 28) for q in range(16)]
+
+    def one_length_batches(spec, examples):
+        task = FineTuningTask(spec, config, tokenizer, examples, batch_size=8, log=lambda *a: None)
+        lengths = task.features.lengths()
+        batches = task.sampler.epoch_batches(0)
+        return sum(len({lengths[i] for i in batch}) == 1 for batch in batches), len(batches)
+
+    uniform, total = one_length_batches(TaskSpec("qa", max_seq_length=64, doc_stride=16), questions)
+    assert total == 8 and uniform <= 1  # random: all 8 rows of one paragraph happens with probability ~1e-4
+    uniform, total = one_length_batches(TaskSpec("classification", labels=["a", "b"], max_seq_length=64), texts)
+    assert uniform == total == 8  # 64 rows fit one mega-batch: sorted by length, each batch one length

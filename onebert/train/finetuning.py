@@ -1,8 +1,8 @@
 """Fine-tuning as the training loop sees it: classification/regression, NER and QA on labelled examples.
 
 Batches. Each epoch is a seeded permutation of the training rows, cut into "mega-batches" of
-`group_size` global batches (50; 1, i.e. plain random batches, for NER: see FineTuningTask); inside one, rows are sorted by length and cut into global batches, and
-the batches of the whole epoch are then shuffled (transformers' LengthGroupedSampler, with the
+`group_size` global batches (50 for classification; 1, i.e. plain random batches, for NER and QA: see
+FineTuningTask); inside one, rows are sorted by length and cut into global batches, and the batches of the whole epoch are then shuffled (transformers' LengthGroupedSampler, with the
 batch order shuffled as well). Batches hold rows of similar length, so little padding is computed,
 while every epoch still sees every row once in a new order. A global batch is dealt out to the ranks
 row by row (rank r takes rows r, r + W, ...). The position is (epoch, batch), so a resumed run sees
@@ -179,12 +179,14 @@ class FineTuningTask(TrainingTask):
         self.features = encode(spec, tokenizer, train_examples, with_labels=True)
         if len(self.features) == 0:
             raise OneBertError("no training rows after feature extraction")
-        # NER's loss is a mean over the batch's labelled tokens: in length-grouped batches a token of a short
-        # sentence would weigh several times one of a long sentence, which cost 2.6 F1 on CoNLL-2003 (seeds
-        # 42-45, BENCHMARKS.md). Its batches are random (a mega-batch of one batch); the sequence-level tasks,
-        # where every row weighs the same whatever its length, keep length grouping.
+        # Length grouping is for sentence classification only. NER's loss is a mean over the batch's labelled
+        # tokens: in length-grouped batches a token of a short sentence would weigh several times one of a long
+        # sentence (2.6 F1 on CoNLL-2003). In QA every question on one paragraph has about the same length, so
+        # length-grouped batches are one paragraph's questions, correlated gradients (1.7 F1 on SQuAD v1.1); see
+        # BENCHMARKS.md. Their batches are random (a mega-batch of one batch).
+        group_size = 1 if spec.task in ("ner", "qa") else 50
         self.sampler = LengthGroupedBatches(self.features.lengths(), batch_size, seed=seed, rank=rank,
-                                            world_size=world_size, group_size=1 if spec.task == "ner" else 50)
+                                            world_size=world_size, group_size=group_size)
         self.validation = list(validation_examples) if validation_examples is not None else None
         self.validation_features = (encode(spec, tokenizer, self.validation, with_labels=False)
                                     if self.validation else None)

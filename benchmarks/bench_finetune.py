@@ -61,6 +61,9 @@ TASKS = {
                     metrics=("exact_match", "f1")),
     "squad20": dict(kind="qa", epochs=1, batch_size=16, max_seq_length=384, doc_stride=128, version_2=True,
                     metrics=("f1", "exact_match", "best_f1")),
+    # v2.0 with the v1.1 evaluation articles added to its training set: more answerable questions to learn spans from
+    "squad20plus": dict(kind="qa", epochs=2, batch_size=16, max_seq_length=384, doc_stride=128, version_2=True,
+                        metrics=("f1", "exact_match", "best_f1")),
 }
 
 
@@ -120,7 +123,11 @@ def prepare(out: Path, data: Path) -> dict[str, dict[str, str]]:
     # v2.0: train on three articles of the v2.0 subset, evaluate on the other two.
     _write_squad(out / "squad20_train.json", [a for a in v2["data"] if a["title"] in V2_TRAIN_ARTICLES], "v2.0")
     _write_squad(out / "squad20_eval.json", [a for a in v2["data"] if a["title"] not in V2_TRAIN_ARTICLES], "v2.0")
-    for task in ("squad11", "squad20"):
+    # v2.0 plus: the same evaluation articles; training adds the 22 XQuAD articles (all answerable).
+    _write_squad(out / "squad20plus_train.json", [a for a in v2["data"] if a["title"] in V2_TRAIN_ARTICLES]
+                 + [a for a in xquad["data"] if a["title"] not in v2_titles], "v2.0")
+    _write_squad(out / "squad20plus_eval.json", [a for a in v2["data"] if a["title"] not in V2_TRAIN_ARTICLES], "v2.0")
+    for task in ("squad11", "squad20", "squad20plus"):
         files[task] = {"train": str(out / f"{task}_train.json"), "eval": str(out / f"{task}_eval.json")}
     (out / "files.json").write_text(json.dumps(files, indent=2), encoding="utf-8")
     return files
@@ -528,6 +535,7 @@ def run_all(out: Path, tasks: list[str], seeds: list[int], threads: int, framewo
                              "(apt-get install libtcmalloc-minimal4)")
         env["LD_PRELOAD"] = library
     for task in tasks:
+        budget = task_config(task, epochs, lr)
         for seed in seeds:
             order = frameworks if turn % 2 == 0 else tuple(reversed(frameworks))
             turn += 1
@@ -535,9 +543,8 @@ def run_all(out: Path, tasks: list[str], seeds: list[int], threads: int, framewo
                 run_dir = out / "runs" / f"{task}-{framework}-{seed}"
                 command = [sys.executable, __file__, "worker", "--framework", framework, "--task", task,
                            "--seed", str(seed), "--threads", str(threads), "--run-dir", str(run_dir),
-                           "--files", json.dumps(files[task])]
-                budget = task_config(task, epochs, lr)
-                command += ["--epochs", str(budget["epochs"]), "--lr", str(budget["lr"])]
+                           "--files", json.dumps(files[task]), "--epochs", str(budget["epochs"]),
+                           "--lr", str(budget["lr"])]
                 started = time.strftime("%H:%M:%S")
                 done = subprocess.run(command, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
@@ -623,12 +630,11 @@ def main() -> None:
 
             shutil.rmtree(args.run_dir)
         args.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        cfg = task_config(args.task, args.epochs, args.lr)
         if args.framework == "onebert":
-            cfg = task_config(args.task, args.epochs, args.lr)
             result = run_onebert(args.task, files, args.seed, args.run_dir, args.threads, cfg)
         else:
             sampling = "group_by_length" if args.framework == "transformers-grouped" else "random"
-            cfg = task_config(args.task, args.epochs, args.lr)
             result = run_transformers(args.task, files, args.seed, args.run_dir, args.threads, cfg, sampling)
         import platform
 

@@ -478,7 +478,7 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(case, tmp_path, tiny_mod
 
 def test_qa_trains_on_random_batches_classification_on_length_grouped_ones(tiny_model):
     """Why random for QA: the questions on one paragraph have nearly the same length, so length-grouped batches
-    would each hold one paragraph's questions (correlated gradients; 1.7 F1 on SQuAD v1.1, BENCHMARKS.md)."""
+    would each hold one paragraph's questions (correlated gradients; 1.6 F1 on SQuAD v1.1, BENCHMARKS.md)."""
     from onebert.config import BertConfig
     from onebert.data.tasks import QAExample, SquadAnswer, TextExample
     from onebert.predict import TaskSpec, load_tokenizer

@@ -2,8 +2,9 @@
 
 Batches. Each epoch is a seeded permutation of the training rows, cut into "mega-batches" of
 `group_size` global batches (50 for classification; 1, i.e. plain random batches, for NER and QA: see
-FineTuningTask); inside one, rows are sorted by length and cut into global batches, and the batches of the whole epoch are then shuffled (transformers' LengthGroupedSampler, with the
-batch order shuffled as well). Batches hold rows of similar length, so little padding is computed,
+FineTuningTask); inside one, rows are sorted by length and cut into global batches, and the batches
+of the whole epoch are then shuffled (transformers' LengthGroupedSampler, with the batch order
+shuffled as well). Batches hold rows of similar length, so little padding is computed,
 while every epoch still sees every row once in a new order. A global batch is dealt out to the ranks
 row by row (rank r takes rows r, r + W, ...). The position is (epoch, batch), so a resumed run sees
 exactly the batches the interrupted one would have.
@@ -182,7 +183,7 @@ class FineTuningTask(TrainingTask):
         # Length grouping is for sentence classification only. NER's loss is a mean over the batch's labelled
         # tokens: in length-grouped batches a token of a short sentence would weigh several times one of a long
         # sentence (2.6 F1 on CoNLL-2003). In QA every question on one paragraph has about the same length, so
-        # length-grouped batches are one paragraph's questions, correlated gradients (1.7 F1 on SQuAD v1.1); see
+        # length-grouped batches are one paragraph's questions, correlated gradients (1.6 F1 on SQuAD v1.1); see
         # BENCHMARKS.md. Their batches are random (a mega-batch of one batch).
         group_size = 1 if spec.task in ("ner", "qa") else 50
         self.sampler = LengthGroupedBatches(self.features.lengths(), batch_size, seed=seed, rank=rank,

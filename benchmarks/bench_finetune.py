@@ -121,14 +121,15 @@ def prepare(out: Path, data: Path) -> dict[str, dict[str, str]]:
     _write_squad(out / "squad11_train.json", answerable, "1.1")
     _write_squad(out / "squad11_eval.json", [a for a in xquad["data"] if a["title"] not in v2_titles], "1.1")
     # v2.0: train on three articles of the v2.0 subset, evaluate on the other two.
-    _write_squad(out / "squad20_train.json", [a for a in v2["data"] if a["title"] in V2_TRAIN_ARTICLES], "v2.0")
+    v2_train = [a for a in v2["data"] if a["title"] in V2_TRAIN_ARTICLES]
+    _write_squad(out / "squad20_train.json", v2_train, "v2.0")
     _write_squad(out / "squad20_eval.json", [a for a in v2["data"] if a["title"] not in V2_TRAIN_ARTICLES], "v2.0")
-    # v2.0 plus: the same evaluation articles; training adds the 22 XQuAD articles (all answerable).
-    _write_squad(out / "squad20plus_train.json", [a for a in v2["data"] if a["title"] in V2_TRAIN_ARTICLES]
-                 + [a for a in xquad["data"] if a["title"] not in v2_titles], "v2.0")
-    _write_squad(out / "squad20plus_eval.json", [a for a in v2["data"] if a["title"] not in V2_TRAIN_ARTICLES], "v2.0")
+    # v2.0 plus: the same evaluation file; training adds the 22 XQuAD articles (all answerable).
+    _write_squad(out / "squad20plus_train.json", v2_train + [a for a in xquad["data"] if a["title"] not in v2_titles],
+                 "v2.0")
     for task in ("squad11", "squad20", "squad20plus"):
         files[task] = {"train": str(out / f"{task}_train.json"), "eval": str(out / f"{task}_eval.json")}
+    files["squad20plus"]["eval"] = files["squad20"]["eval"]
     (out / "files.json").write_text(json.dumps(files, indent=2), encoding="utf-8")
     return files
 

@@ -311,7 +311,7 @@ def _fuzz_with_schemathesis(url: str, max_examples: int) -> set[str]:
 
             @given(case=operation.as_strategy(generation_mode=mode))
             # derandomize: the same requests every CI run (a random run found the lax `normalize`, now a
-            # test below); ONEBERT_FUZZ_EXAMPLES=N runs N random ones per operation and mode instead.
+            # test above); ONEBERT_FUZZ_EXAMPLES=N runs N random ones per operation and mode instead.
             @settings(max_examples=examples or max_examples, deadline=None, database=None,
                       derandomize=not examples, suppress_health_check=list(HealthCheck))
             def fuzz(case):

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default=None, help="classification: text column (default: as fine-tuned)")
     parser.add_argument("--text-pair-column", default=None, help="classification: second text column")
     parser.add_argument("--label-column", default=None, help="classification: label column")
-    parser.add_argument("--null-threshold", type=ranges.number(), default=None,
+    parser.add_argument("--null-threshold", type=ranges.number(-1e4, 1e4), default=None,
                         help="qa v2.0: answer only when null score - best span score <= this (default: the saved one)")
     parser.add_argument("--plots", metavar="DIR", default=None,
                         help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here")

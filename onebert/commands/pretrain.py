@@ -30,8 +30,7 @@ def parse_duration(text: str) -> float:
 
 
 # '1' followed by 400 zeros parses to inf seconds: durations are range-checked like every number.
-_MAX_TIME = ranges.number(0, 366 * 86400, min_inclusive=False, parse=parse_duration, what="a duration",
-                          unit="seconds")
+_MAX_TIME = ranges.RangedType(ranges.TIME_BUDGET, parse=parse_duration, what="a duration")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=ranges.PORT, default=8000)
     parser.add_argument("--max-batch-size", type=ranges.POSITIVE_INT, default=32, help="items per forward pass")
-    parser.add_argument("--max-latency-ms", type=ranges.number(0, 60_000), default=10.0,
+    parser.add_argument("--max-latency-ms", type=ranges.BATCH_WAIT_MS, default=10.0,
                         help="longest a request waits for others to share its batch")
     parser.add_argument("--max-queue", type=ranges.POSITIVE_INT, default=256,
                         help="waiting requests per endpoint before 503")
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="characters per text; more get 413")
     parser.add_argument("--max-body-bytes", type=ranges.POSITIVE_INT, default=4 * 2**20,
                         help="request body size; more get 413")
-    parser.add_argument("--request-timeout", type=ranges.number(0, 86_400, min_inclusive=False), default=60.0,
+    parser.add_argument("--request-timeout", type=ranges.REQUEST_TIMEOUT, default=60.0,
                         help="seconds before a request gets 504")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from onebert.cli import _show  # repr() cut short: a hostile value keeps the error on one line
 from onebert.errors import OneBertError
 
 
@@ -149,11 +150,3 @@ TEXT_LENGTH = integer(MIN_TEXT_TOKENS, note="[CLS], [SEP] and at least one token
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
-
-def _show(value: Any, limit: int = 40) -> str:
-    """repr() cut short, so a hostile value keeps the error on one short line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int of more than 4300 digits has no repr
-        return "a very long integer"
-    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -167,7 +167,7 @@ def read_classification(path: str | Path, *, text_column: Column = None, text_pa
     the label when `labelled=False`). `has_header=None` detects a header by its known column names.
     With `labelled=False` a missing label column is fine (prediction input).
     """
-    path = Path(path)
+    path = check_input_file(path)  # before the suffix: /dev/urandom is a device, not a file of unknown format
     fmt = table_format(path, file_format)
     text = read_text_file(path)
     if fmt == "jsonl":

@@ -137,6 +137,18 @@ def test_pipeline_and_embedder_name_the_input_with_a_lone_surrogate(tiny_model, 
         embedder.encode(["a", "b", "c", "\ud800"], batch_size=2)
 
 
+def test_lone_surrogates_in_a_jsonl_corpus_are_replaced_and_counted(tmp_path):
+    from onebert.data.corpus import CorpusSummary, read_documents
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "Fine text here."}\n{"text": "Bad \\ud800 one \\udfff."}\n', encoding="ascii")
+    summary = CorpusSummary()
+    documents = list(read_documents([path], summary=summary, warn=False))
+    assert [u for d in documents for u in d.units] == ["Fine text here.", "Bad \ufffd one \ufffd."]
+    assert f"2 lone surrogate(s) (JSON \\ud800-style escapes, not characters) replaced with U+FFFD in {path}" \
+        in summary.report_lines()
+
+
 # ---------------------------------------------------------------------- an unrecognised header
 
 def _rows(labels: list[str]) -> str:

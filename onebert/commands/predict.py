@@ -171,6 +171,7 @@ def read_squad_input(path: Path, fmt: str) -> list[Any]:
     import json
 
     from onebert.data.tasks import QAExample, read_squad, read_text_file
+    from onebert.data.text_input import refuse_lone_surrogates
     from onebert.errors import OneBertError
 
     if fmt == "squad":
@@ -187,6 +188,7 @@ def read_squad_input(path: Path, fmt: str) -> list[Any]:
             raise OneBertError(f"{path}: line {number}: invalid JSON ({reason})") from None
         if not isinstance(record, dict):
             raise OneBertError(f"{path}: line {number}: expected an object with question and context")
+        refuse_lone_surrogates(record, f"{path}: line {number}", line)
         for key in ("question", "context"):
             if not isinstance(record.get(key), str):
                 raise OneBertError(f"{path}: line {number}: field {key!r} must be a string")

@@ -82,6 +82,9 @@ def _encode(args: argparse.Namespace) -> int:
     if args.pair is not None and args.max_length is not None and args.max_length < ranges.MIN_PAIR_TOKENS:
         raise OneBertError(f"--max-length {args.max_length}: a text pair needs at least {ranges.MIN_PAIR_TOKENS} "
                            "tokens ([CLS] A [SEP] B [SEP], one token of each text)")
+    _check_argument(args.text, "text")
+    if args.pair is not None:
+        _check_argument(args.pair, "pair")
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None)
     ids, types = batch["input_ids"][0], batch["token_type_ids"][0]
@@ -96,3 +99,21 @@ def _encode(args: argparse.Namespace) -> int:
         shown = "" if segment is None else f"  {texts[segment][start:end]!r}"
         print(f"{position:>4} {index:>6} {kind:>4}  {span:<11} {token}{shown}")
     return 0
+
+
+def _check_argument(text: str, name: str) -> None:
+    """Refuse a command-line text the tokenizer cannot take, before it fails with a bare TypeError.
+
+    Python turns bytes of the command line that are not UTF-8 into lone surrogates U+DC80-U+DCFF.
+    """
+    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.errors import OneBertError
+
+    index = lone_surrogate(text)
+    if index is None:
+        return
+    code = ord(text[index])
+    if 0xDC80 <= code <= 0xDCFF:
+        raise OneBertError(f"the {name} argument is not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character "
+                           f"{index}); check the terminal's encoding")
+    raise OneBertError(f"the {name} argument: {describe_surrogate(text, index)}")

@@ -239,7 +239,8 @@ def check_output_file(path: str | os.PathLike, option: str = "--output", *,
     path = Path(path)
     _check_not_input(path, option, inputs, whole=False)
     if path.is_dir():
-        raise OneBertError(f"{path}: {option} is a directory; give a file name (e.g. {path / ('out' + (suffix or ''))})")
+        example = path / ("out" + (suffix or ""))
+        raise OneBertError(f"{path}: {option} is a directory; give a file name (e.g. {example})")
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise OneBertError(f"{blocker}: is a file, not a directory (cannot write {option} {path})")

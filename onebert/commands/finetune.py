@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--train", metavar="FILE", help="training data (required)")
     io.add_argument("--validation", metavar="FILE", default=None,
                     help="validation data: scored every epoch, the best model is kept (without it: only final/)")
-    io.add_argument("--output", metavar="DIR", help="run directory: best/, final/, metrics, checkpoints (required; new, empty or an "
-                         "earlier run's)")
+    io.add_argument("--output", metavar="DIR",
+                    help="run directory: best/, final/, metrics, checkpoints (required; new, empty or an earlier run's)")
     io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
                     help="continue an interrupted run from its newest checkpoint")
 

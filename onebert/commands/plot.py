@@ -12,8 +12,9 @@ DESCRIPTION = ("Draws every metric of RUN_DIR/metrics.jsonl against the step; a 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (holds metrics.jsonl)")
-    parser.add_argument("--output", metavar="FILE.png", default=None, help="where to write (default RUN_DIR/curves.png): a .png that is new "
-                        "or a PNG (a re-run replaces its plot; never a model's or another file)")
+    parser.add_argument("--output", metavar="FILE.png", default=None,
+                        help="where to write (default RUN_DIR/curves.png): a .png that is new or a PNG (a re-run "
+                             "replaces its plot; never a model's or another file)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--null-threshold", type=ranges.number(-1e4, 1e4), default=None,
                         help="qa v2.0: answer only when null score - best span score <= this (default: the saved one)")
     parser.add_argument("--plots", metavar="DIR", default=None,
-                        help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here")
+                        help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here "
+                             "(confusion_matrix.png / entity_scores.png; an existing one is replaced only if "
+                             "it is a PNG)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
@@ -46,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("model", "data"):
         if not getattr(args, name):
             raise OneBertError(f"--{name} is required")
+    if args.plots:
+        from onebert.eval_plots import check_plot_dir
+
+        check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
     precision = "bf16" if args.bf16 else args.precision
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
     predictor.progress = True

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--train", metavar="FILE", help="training data (required)")
     io.add_argument("--validation", metavar="FILE", default=None,
                     help="validation data: scored every epoch, the best model is kept (without it: only final/)")
-    io.add_argument("--output", metavar="DIR", help="run directory: best/, final/, metrics, checkpoints (required)")
+    io.add_argument("--output", metavar="DIR",
+                    help="run directory: best/, final/, metrics, checkpoints (required; new, empty or an earlier run's)")
     io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
                     help="continue an interrupted run from its newest checkpoint")
 
@@ -99,12 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
-    from pathlib import Path
 
     import torch
 
     from onebert.config import BertConfig
     from onebert.errors import OneBertError
+    from onebert.io_utils import check_output_dir, looks_like_run_dir
     from onebert.predict import DEFAULT_MAX_SEQ_LENGTH, load_tokenizer, model_class, resolve_model_dir
     from onebert.train import precision as prec
     from onebert.train.distributed import init_distributed, shutdown
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                  if getattr(args, n)]
         if given:
             raise OneBertError(f"{', '.join(given)} apply to --task classification only")
-    output = Path(args.output)
+    output = check_output_dir(args.output, "--output", inputs=[args.train, args.validation, args.model],
+                              made_by_onebert=looks_like_run_dir, kind="run directory")
     if args.resume is None and any((output / name).exists() for name in (BEST_DIR, FINAL_DIR)):
         raise OneBertError(f"{output}: already holds a fine-tuned model; choose another --output "
                            "(or --resume an interrupted run)")

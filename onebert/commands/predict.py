@@ -26,7 +26,9 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
     parser.add_argument("--input", metavar="FILE|-", help="inputs; - reads stdin (required)")
-    parser.add_argument("--output", metavar="FILE|-", default="-", help="JSON lines; - writes stdout")
+    parser.add_argument("--output", metavar="FILE|-", default="-",
+                        help="JSON lines; - writes stdout. An existing file is replaced only if it holds JSON lines "
+                             "(never the --input)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification tables: text column")
@@ -42,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
-    from onebert.io_utils import atomic_write_text
+    from onebert.io_utils import atomic_write_text, check_output_file, is_json_lines
     from onebert.predict import Predictor
 
     for name in ("model", "input"):
         if not getattr(args, name):
             raise OneBertError(f"--{name} is required")
+    if args.output != "-":  # checked before the model is loaded: never the input, never a file of the user's
+        check_output_file(args.output, "--output", inputs=[args.input, args.model], made_by_onebert=is_json_lines,
+                          kind="JSON-lines predictions file")
     precision = "bf16" if args.bf16 else args.precision
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
     predictor.progress = True

@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of documents held out for validation")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input layout (auto: detected per file)")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing data directory made by `onebert prepare` (never another "
+                             "directory, nor one that holds the corpus)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

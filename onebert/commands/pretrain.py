@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--data", metavar="DATA_DIR", help="a data directory written by `onebert prepare` (required)")
     io.add_argument("--model-config", default="mini", metavar="NAME|FILE",
                     help=f"a preset ({', '.join(PRESETS)}; takes the data's vocabulary size) or a config.json")
-    io.add_argument("--output", metavar="RUN_DIR", help="the run directory: checkpoints, metrics, final model (required)")
+    io.add_argument("--output", metavar="RUN_DIR",
+                    help="the run directory: checkpoints, metrics, final model (required; new, empty or an "
+                         "earlier run's)")
     io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
                     help="continue a run: 'auto' (or the bare flag) = the newest intact checkpoint in RUN_DIR")
 
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from onebert.config import PRESETS, resolve_config
     from onebert.data import MaskingConfig, PretrainingData
     from onebert.errors import OneBertError
+    from onebert.io_utils import check_output_dir, looks_like_run_dir
     from onebert.model import BertForPreTraining
     from onebert.train import precision as prec
     from onebert.train.distributed import init_distributed, shutdown
@@ -116,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
         raise OneBertError("--output is required (the run directory)")
     from pathlib import Path
 
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise OneBertError(f"--output {args.output}: exists and is not a directory")
+    # New, empty or a run directory (resume, or a fresh run where none was checkpointed): never a
+    # directory of the user's, whose files config.yaml / metrics.jsonl could be replaced.
+    check_output_dir(args.output, "--output", inputs=[args.data], made_by_onebert=looks_like_run_dir,
+                     kind="run directory")
     if args.bf16:
         if args.precision not in ("auto", "bf16"):
             raise OneBertError(f"--bf16 contradicts --precision {args.precision}")

@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_argument("--input", nargs="+", required=True, metavar="FILE",
                        help="text files (UTF-8; .gz is decompressed); every line is text to learn from")
-    train.add_argument("--output", required=True, metavar="DIR", help="directory to write the tokenizer to")
+    train.add_argument("--output", required=True, metavar="DIR",
+                       help="directory to write the tokenizer to: new, empty, or one an earlier `tokenizer train` "
+                            "wrote (never a model directory or a directory of other files)")
     train.add_argument("--vocab-size", type=ranges.VOCAB_SIZE, default=30522,
                        help="number of tokens, special tokens included")
     train.add_argument("--cased", action="store_true",
@@ -55,8 +57,11 @@ def _train(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from onebert.io_utils import check_output_dir
     from onebert.tokenizer import Tokenizer
 
+    check_output_dir(args.output, "--output", inputs=args.input, made_by_onebert=_is_onebert_tokenizer_dir,
+                     kind="tokenizer directory")
     started = time.perf_counter()
     print(f"training a {'cased' if args.cased else 'lower-cased'} WordPiece vocabulary of {args.vocab_size} "
           f"tokens on {len(args.input)} file(s)", flush=True)
@@ -73,6 +78,28 @@ def _train(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: vocabulary of {tokenizer.vocab_size:,} tokens{note} "
           f"in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The keys of the tokenizer_config.json that Tokenizer.save_pretrained writes (transformers writes more).
+_ONEBERT_TOKENIZER_CONFIG = {"tokenizer_class", "do_lower_case", "tokenize_chinese_chars", "strip_accents",
+                             "model_max_length", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+                             "clean_up_tokenization_spaces"}
+
+
+def _is_onebert_tokenizer_dir(directory) -> bool:
+    """A directory an earlier `tokenizer train` wrote and nothing else: a re-run may replace its files.
+    A model directory (weights, config.json) or a downloaded tokenizer is never replaced."""
+    import json
+
+    from onebert.io_utils import holds_only
+
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and set(config) == _ONEBERT_TOKENIZER_CONFIG \
+        and holds_only(directory, TOKENIZER_FILES)
 
 
 def _encode(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from onebert.config import BertConfig
-from onebert.io_utils import atomic_write_bytes
+from onebert.io_utils import atomic_directory, atomic_write_bytes
 from onebert.model import IGNORE_INDEX, training_flops
 from onebert.train.distributed import DistContext
 from onebert.train.loop import Batch, TrainingTask
@@ -117,7 +117,11 @@ class PretrainingTask(TrainingTask):
 
     # ---- the deliverable
     def save_final(self, model: nn.Module, directory: Path) -> None:
-        """A HuggingFace-layout model directory: config.json, model.safetensors and the tokenizer files."""
-        model.save_pretrained(directory)
-        for source in self.tokenizer_files:
-            atomic_write_bytes(Path(directory) / Path(source).name, Path(source).read_bytes())
+        """A HuggingFace-layout model directory: config.json, model.safetensors and the tokenizer files.
+
+        Staged beside `directory` and renamed into place whole: a full disk or a kill leaves no half model.
+        """
+        with atomic_directory(directory) as staging:
+            model.save_pretrained(staging)
+            for source in self.tokenizer_files:
+                atomic_write_bytes(staging / Path(source).name, Path(source).read_bytes())

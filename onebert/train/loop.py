@@ -412,7 +412,8 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
     # Closing the batch iterator on the way out of the loop, by return or by exception, joins a
     # prefetch thread (onebert.train.prefetch) before anything else ends: a thread left running
     # into interpreter shutdown can abort the process after a successful run.
-    with _StopRequest() as stop, _closing(batches):
+    # dist.failures(): a rank that saw another rank die says so in one line (see onebert.train.distributed).
+    with _StopRequest() as stop, _closing(batches), dist.failures():
         while True:
             if config.max_steps is not None and step >= config.max_steps:
                 break

@@ -225,3 +225,27 @@ def test_a_rank_that_fails_ends_the_torchrun_job_with_its_error_on_one_line(smal
     assert all("File too large" in line or line.startswith("onebert pretrain: error: rank 1 of 2:") for line in errors)
     _no_rank_traceback(done.stderr)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_collective_broken_by_a_lost_rank_is_one_line_and_other_errors_pass_through():
+    """What a survivor prints (the torchrun tests above see it only when it wins the race with torchrun's SIGTERM)."""
+    from onebert.train.distributed import DistContext
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                        "[127.0.0.1]:47793: Connection reset by peer. This is typically caused by a remote worker "
+                        "hanging or bugs in the application. Check the logs of the remote worker before reporting "
+                        "an error. GLHF!\nmore")
+    ctx = DistContext(rank=1, world_size=2, backend="gloo")
+    with pytest.raises(OneBertError) as caught:
+        with ctx.failures():
+            raise gloo
+    message = str(caught.value)
+    assert message.startswith("rank 1 of 2: a collective operation failed because another rank stopped")
+    assert "(Read error [127.0.0.1]:47793: Connection reset by peer)" in message and "--resume" in message
+    assert "\n" not in message and "pair.cc" not in message
+    with pytest.raises(RuntimeError, match="a bug"):  # not a collective's error: the traceback stays
+        with ctx.failures():
+            raise RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="gloo"):  # one process: nothing to translate
+        with DistContext().failures():
+            raise gloo

@@ -108,8 +108,8 @@ def _torchrun(small_data, run_dir, *extra):
 
     data, model = small_data
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "onebert",
-            "pretrain", "--data", str(data), "--model-config", str(model), "--output", str(run_dir), "--batch-size", "4",
-            "--max-steps", "12", "--save-every", "2", "--lr", "1e-3", "--log-every", "1", "--eval-every", "1000",
+            "pretrain", "--data", str(data), "--model-config", str(model), "--output", str(run_dir),
+            "--batch-size", "4", "--max-steps", "12", "--save-every", "2", "--lr", "1e-3", "--log-every", "1", "--eval-every", "1000",
             "--precision", "fp32", "--device", "cpu", *extra]
 
 

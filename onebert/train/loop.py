@@ -201,6 +201,11 @@ def _describe(value: Any) -> str:
     return str(value)
 
 
+def _closing(batches: Iterator[Batch]) -> contextlib.AbstractContextManager:
+    """Close `batches` (a generator, a prefetcher's iterator) on leaving the block; plain iterators need nothing."""
+    return contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext()
+
+
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -409,7 +414,11 @@ def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: di
     params = [p for p in raw_model.parameters() if p.requires_grad]
     lr = schedule.lr(step + 1)
 
-    with _StopRequest() as stop:
+    # Closing the batch iterator on the way out of the loop, by return or by exception, joins a
+    # prefetch thread (onebert.train.prefetch) before anything else ends: a thread left running
+    # into interpreter shutdown can abort the process after a successful run.
+    # dist.failures(): a rank that saw another rank die says so in one line (see onebert.train.distributed).
+    with _StopRequest() as stop, _closing(batches), dist.failures():
         while True:
             if config.max_steps is not None and step >= config.max_steps:
                 break

@@ -20,6 +20,7 @@ evaluate` and `onebert predict`), so a call with many inputs of mixed lengths co
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 from onebert.errors import OneBertError
@@ -136,3 +137,7 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, de
 
 
 __all__ = ["pipeline", "Pipeline"]
+
+# `import onebert.pipeline` (or `from onebert.pipeline import ...`) binds the package attribute
+# `onebert.pipeline` to this module, which would hide the function users call as `onebert.pipeline(...)`.
+sys.modules["onebert"].pipeline = pipeline

@@ -131,3 +131,12 @@ def test_wrong_task_and_bad_inputs_are_one_line_errors(models):
         onebert.pipeline(model=models["qa"], device="cpu")([QUESTIONS[0], {"question": "no context"}])
     with pytest.raises(OneBertError, match="input 0: expected a text"):
         onebert.pipeline(model=models["ner"], device="cpu")([["pre", "split"]])
+
+
+def test_onebert_pipeline_stays_the_function_after_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("onebert.pipeline")
+    from onebert.pipeline import Pipeline  # noqa: F401
+
+    assert callable(onebert.pipeline) and onebert.pipeline.__name__ == "pipeline"

@@ -249,7 +249,8 @@ def check_output_file(path: str | os.PathLike, option: str = "--output", *,
     if path.exists() or path.is_symlink():
         if not path.is_file():
             raise OneBertError(f"{path}: {option} exists and is not a regular file")
-        if path.name in PROTECTED_NAMES or path.name.lower().endswith(PROTECTED_SUFFIXES):
+        own_kind = suffix is not None and made_by_onebert is not None and made_by_onebert(path)
+        if path.name in PROTECTED_NAMES or (path.name.lower().endswith(PROTECTED_SUFFIXES) and not own_kind):
             raise OneBertError(f"{path}: {option} would overwrite a model's, run's or data file, which onebert "
                                "never replaces; choose another path")
         if made_by_onebert is not None and not made_by_onebert(path):
@@ -341,3 +342,24 @@ def is_json_lines(path: Path) -> bool:
         return isinstance(json.loads(first), dict)
     except (ValueError, RecursionError):
         return False
+
+
+NPY_SIGNATURE = b"\x93NUMPY"
+
+
+def is_embedding_array(path: Path) -> bool:
+    """A NumPy file holding a 2-D float32 array: what `onebert embed` writes (a re-run may replace it)."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(NPY_SIGNATURE)) != NPY_SIGNATURE:
+                return False
+            handle.seek(0)
+            major, _ = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+    except (OSError, ValueError):
+        return False
+    return len(shape) == 2 and dtype == np.float32
+

@@ -337,3 +337,50 @@ def test_a_full_disk_named_only_in_a_rust_error_message_is_recognised():
 
     error = os_error_behind(SafetensorError(NO_SPACE_RUST))
     assert error is not None and error.errno == errno.ENOSPC
+
+
+# ----------------------------------------------------------------------------- embed and export
+
+
+def test_embed_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_path, capsys, classifier):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the movie was good\nbad plot\n")
+    other = tmp_path / "scores.npy"  # the user's own array: not a 2-D float32 matrix
+    import numpy as np
+
+    np.save(other, np.arange(5))
+    before = other.read_bytes()
+    _refused(capsys, ["embed", "--model", str(classifier), "--input", str(texts), "--output", str(other)],
+             "model's, run's or data file")
+    assert other.read_bytes() == before
+    _refused(capsys, ["embed", "--model", str(classifier), "--input", str(texts), "--output", str(texts)],
+             "input of this command")
+    assert texts.read_text() == "the movie was good\nbad plot\n"
+    out = tmp_path / "vectors.npy"
+    for _ in range(2):  # a re-run replaces what embed wrote
+        assert main(["embed", "--model", str(classifier), "--input", str(texts), "--output", str(out)]) == 0
+    assert np.load(out).shape[0] == 2
+
+
+def test_export_refuses_the_model_directory_an_existing_file_and_a_foreign_directory(tmp_path, capsys, classifier):
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    before = _snapshot(classifier)
+    _refused(capsys, ["export", "--model", str(classifier), "--format", "hf", "--output", str(classifier)],
+             "input of this command")
+    _refused(capsys, ["export", "--model", str(classifier), "--format", "onnx", "--output", str(classifier / "sub")],
+             "input of this command")
+    existing = tmp_path / "mine.onnx"
+    existing.write_bytes(b"the user's model")
+    _refused(capsys, ["export", "--model", str(classifier), "--format", "onnx", "--output", str(existing)],
+             "never replaces")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    _refused(capsys, ["export", "--model", str(classifier), "--format", "hf", "--output", str(foreign)],
+             "non-empty directory")
+    assert existing.read_bytes() == b"the user's model" and (foreign / "notes.txt").read_text() == "mine"
+    assert _snapshot(classifier) == before
+    out = tmp_path / "exported"
+    for _ in range(2):  # an earlier onnx export directory is replaced by a re-export
+        assert main(["export", "--model", str(classifier), "--format", "onnx", "--output", str(out), "--no-check"]) == 0
+    assert (out / "model.onnx").is_file()

@@ -17,7 +17,8 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json, weights, tokenizer)")
     parser.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file, one text per line; '-' for stdin")
-    parser.add_argument("--output", required=True, metavar="FILE.npy", help="where to write the embeddings")
+    parser.add_argument("--output", required=True, metavar="FILE.npy", help="where to write the embeddings: a new file, or one an earlier embed wrote "
+                             "(a 2-D float32 .npy); never an input or a model's file")
     parser.add_argument("--pooling", choices=("mean", "cls", "pooler"), default=None,
                         help="mean of token states, the [CLS] state, or the tanh pooler output "
                              "(default: the checkpoint's, else mean)")
@@ -59,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     from onebert.embeddings import Embedder
     from onebert.errors import OneBertError
-    from onebert.io_utils import atomic_path
+    from onebert.io_utils import atomic_path, check_output_file, is_embedding_array
 
-    if not args.output.endswith(".npy"):
-        raise OneBertError(f"{args.output}: the output file must end in .npy")
+    check_output_file(args.output, inputs=[args.input, args.model], suffix=".npy",
+                      made_by_onebert=is_embedding_array, kind="embeddings file")
     texts = read_lines(args.input)
     if not texts:
         raise OneBertError(f"{args.input}: no lines to embed")

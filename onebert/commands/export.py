@@ -23,7 +23,9 @@ CHECK_ATOL = 1e-3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + weights)")
     parser.add_argument("--format", required=True, choices=("onnx", "hf", "torchscript"), help="what to write")
-    parser.add_argument("--output", required=True, metavar="PATH", help="file (.onnx / .pt) or directory")
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="file (.onnx / .pt) or directory: new, empty, or (onnx/torchscript) one an earlier "
+                             "export wrote; never the model directory or a file that exists")
     parser.add_argument("--opset", type=ranges.integer(9, 20), default=17, help="ONNX opset version")
     parser.add_argument("--no-check", action="store_true",
                         help="skip running the export and comparing its outputs with PyTorch")
@@ -40,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir, output = Path(args.model), Path(args.output)
     if not (model_dir / "config.json").is_file():
         raise OneBertError(f"{model_dir}: no config.json (is this a model directory?)")
-    writes_directory = args.format == "hf" or output.suffix != _SUFFIX.get(args.format)
-    if writes_directory and (output.resolve() == model_dir.resolve() or model_dir.resolve() in output.resolve().parents):
-        raise OneBertError(f"{output}: would write into the model directory {model_dir}; choose another --output")
+    _check_output(args.format, model_dir, output)
 
     model = export.load_model(model_dir)
     names = export.output_names(model)
@@ -54,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         if output.suffix == suffix:
             target = output
         else:
-            if output.is_file():
-                raise OneBertError(f"{output}: is a file; give a path ending in {suffix} or a directory")
             target = output / f"model{suffix}"
             output.mkdir(parents=True, exist_ok=True)
             BertConfig.load(model_dir).save(output)
@@ -83,3 +81,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"check FAILED: outputs differ from PyTorch by more than {CHECK_ATOL}")
         return 1
     return 0
+
+
+def _is_export_dir(directory) -> bool:
+    """A directory an earlier onnx/torchscript export wrote and nothing else: a re-export may replace it."""
+    from onebert import export
+    from onebert.io_utils import holds_only
+
+    models = [name for name in ("model.onnx", "model.pt") if (directory / name).is_file()]
+    return bool(models) and holds_only(directory, {*models, "config.json", *export._SIDE_FILES, *export._SIDE_DIRS})
+
+
+def _check_output(fmt: str, model_dir, output) -> None:
+    """Before any work: an export never writes over the model, a file that exists, or a foreign directory."""
+    from onebert.errors import OneBertError
+    from onebert.io_utils import check_output_dir, check_output_file, is_within
+
+    suffix = _SUFFIX.get(fmt)
+    if is_within(output, model_dir) and not (suffix is not None and output.suffix == suffix):
+        raise OneBertError(f"{output}: --output would write into the model directory {model_dir} (an input of this command); "
+                           "choose another --output")
+    if suffix is not None and output.suffix == suffix:
+        check_output_file(output, inputs=[model_dir], suffix=suffix, kind=f"{fmt} model")
+    else:
+        check_output_dir(output, inputs=[model_dir], made_by_onebert=_is_export_dir if suffix else None,
+                         kind=f"{fmt} export")
+

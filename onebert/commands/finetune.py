@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
     from onebert.errors import OneBertError
     from onebert.predict import DEFAULT_MAX_SEQ_LENGTH, load_tokenizer, model_class, resolve_model_dir
     from onebert.train import precision as prec

@@ -28,7 +28,7 @@ def parse_duration(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onebert.config import PRESETS
+    from onebert.model.config import PRESETS
 
     io = parser.add_argument_group("data, model and output")
     io.add_argument("--data", metavar="DATA_DIR", help="a data directory written by `onebert prepare` (required)")
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from onebert.config import PRESETS, resolve_config
+    from onebert.model.config import PRESETS, resolve_config
     from onebert.data import MaskingConfig, PretrainingData
     from onebert.errors import OneBertError
     from onebert.model import BertForPreTraining

@@ -199,7 +199,7 @@ class BodySizeLimit:
 
 
 def _model_task(model_dir: Path) -> str | None:
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
 
     task = BertConfig.load(model_dir).onebert.get("task")
     if task is not None and task not in TASKS:

@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from onebert.config import BertConfig
     from onebert.embeddings import Embedder
+    from onebert.model.config import BertConfig
 
     model = args.model or default_model()
     texts = read_texts(args.texts)

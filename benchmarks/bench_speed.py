@@ -144,8 +144,8 @@ def build_model(side: str, case: Case, device: str, weights_from=None):
     import torch
     import transformers
 
-    from onebert.config import BertConfig
     from onebert.model import BertForPreTraining, BertForSequenceClassification
+    from onebert.model.config import BertConfig
 
     config = BertConfig.from_preset(case.config)
     torch.manual_seed(case.seed)
@@ -217,8 +217,8 @@ def useful_flops(case: Case, batch) -> float:
     the last layer, queries, output projection and feed-forward only where a head reads the
     result (masked tokens and [CLS] for pretraining, [CLS] for classification).
     """
-    from onebert.config import BertConfig
-    from onebert.model import inference_flops, training_flops
+    from onebert.model.config import BertConfig
+    from onebert.model.flops import inference_flops, training_flops
 
     config = BertConfig.from_preset(case.config)
     lengths = batch.lengths.tolist()
@@ -231,8 +231,8 @@ def useful_flops(case: Case, batch) -> float:
 def reference_flops(case: Case, batch) -> float:
     """The FLOPs transformers executes on the batch: every padded position through every layer,
     and the MLM decoder at every position (it scores all of them, then the loss ignores most)."""
-    from onebert.config import BertConfig
-    from onebert.model import inference_flops, training_flops
+    from onebert.model.config import BertConfig
+    from onebert.model.flops import inference_flops, training_flops
 
     config = BertConfig.from_preset(case.config)
     padded = [batch.width] * len(batch.lengths)
@@ -242,7 +242,7 @@ def reference_flops(case: Case, batch) -> float:
 
 
 def build_batches(case: Case, data_dir: Path, device: str):
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
 
     from benchmarks.lengths import make_batches
 

@@ -11,16 +11,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BertConfig": "onebert.config",
-    "PRESETS": "onebert.config",
+    "BertConfig": "onebert.model.config",
+    "PRESETS": "onebert.model.config",
+    "SpeedConfig": "onebert.model.config",
     "OneBertError": "onebert.errors",
-    "BertModel": "onebert.model",
-    "BertForPreTraining": "onebert.model",
-    "BertForMaskedLM": "onebert.model",
-    "BertForSequenceClassification": "onebert.model",
-    "BertForTokenClassification": "onebert.model",
-    "BertForQuestionAnswering": "onebert.model",
-    "ModelOutput": "onebert.model",
+    "BertModel": "onebert.model.bert",
+    "BertForPreTraining": "onebert.model.bert",
+    "BertForMaskedLM": "onebert.model.bert",
+    "BertForSequenceClassification": "onebert.model.bert",
+    "BertForTokenClassification": "onebert.model.bert",
+    "BertForQuestionAnswering": "onebert.model.bert",
+    "ModelOutput": "onebert.model.bert",
     "Tokenizer": "onebert.tokenizer",
     "pipeline": "onebert.pipeline",
 }

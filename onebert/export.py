@@ -7,7 +7,7 @@ sequence are dynamic.
 Tracing and unpadding: the model decides at run time whether a batch has padding
 (`bool(attention_mask.all())`) and then gathers the real tokens with a data-dependent index. A
 graph cannot hold that decision, and `torch.export` (the new ONNX exporter's front end) refuses to
-guard on it. So the model is traced with `set_unpadding(False)` on an example batch that has
+guard on it. So the model is traced with `SpeedConfig(unpadding=False)` on an example batch that has
 padding: the traced graph is the padded path with an attention mask, which is exact for every
 batch, padded or not (at pad positions the hidden states are then computed rather than zeroed;
 they carry no meaning either way). Both tracers used here (the TorchScript-based ONNX exporter
@@ -59,8 +59,8 @@ DEFAULT_CHECK_SHAPES = ((1, 5), (3, 17), (8, 64))
 
 def architecture_of(directory: str | os.PathLike) -> str:
     """The model class a checkpoint was saved from: config.json's `architectures`, else its onebert task."""
-    from onebert.config import BertConfig
     from onebert.model import MODEL_CLASSES
+    from onebert.model.config import BertConfig
 
     config = BertConfig.load(Path(directory))
     for name in config.extra.get("architectures") or []:
@@ -116,11 +116,10 @@ def example_inputs(model: "BertPreTrainedModel") -> tuple["torch.Tensor", ...]:
 @contextlib.contextmanager
 def _traceable(model: "BertPreTrainedModel") -> Iterator[None]:
     """Padded path, eval mode (a traced dropout would stay in the graph), quiet tracers."""
-    from onebert.model import BertModel
+    import dataclasses
 
-    encoder = model if isinstance(model, BertModel) else model.bert
-    previous = encoder.use_unpadding
-    model.set_unpadding(False)
+    previous = model.speed
+    model.set_speed(dataclasses.replace(previous, unpadding=False))
     model.eval()
     try:
         with warnings.catch_warnings():
@@ -129,7 +128,7 @@ def _traceable(model: "BertPreTrainedModel") -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        model.set_unpadding(previous)
+        model.set_speed(previous)
 
 
 def export_onnx(model: "BertPreTrainedModel", path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:

@@ -178,7 +178,7 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
              max_length: int | None = None, task: str | None = None, precision: str = "fp32") -> "Predictor":
-        from onebert.config import BertConfig
+        from onebert.model.config import BertConfig
         from onebert.train import precision as prec
 
         directory = resolve_model_dir(model_dir)

@@ -37,7 +37,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture()
 def tiny_config():
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
 
     return BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,

@@ -110,8 +110,8 @@ def test_embed_command_names_the_bad_line_and_refuses_other_suffixes(minilm_dir,
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused_by_name(minilm_dir, tmp_path):
-    from onebert.config import BertConfig
     from onebert.model import BertModel
+    from onebert.model.config import BertConfig
 
     BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                          intermediate_size=37)).save_pretrained(tmp_path)

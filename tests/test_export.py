@@ -10,8 +10,8 @@ import torch
 
 from onebert import export
 from onebert.cli import main
-from onebert.config import BertConfig
 from onebert.model import MODEL_CLASSES
+from onebert.model.config import BertConfig
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "john", "lives", "in", "paris", "##s", ".", ","]
 
@@ -55,7 +55,7 @@ def test_onnx_graph_declares_dynamic_batch_and_sequence_axes(tmp_path):
 def test_export_leaves_the_model_unpadding_and_in_eval_mode(tmp_path):
     model = _tiny_model_dir(tmp_path / "model", "BertModel")
     export.export_torchscript(model, tmp_path / "m.pt")
-    assert model.use_unpadding and not model.training
+    assert model.speed.unpadding and not model.training
 
 
 def test_torchscript_equals_pytorch_on_unseen_shapes(tmp_path):

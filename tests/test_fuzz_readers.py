@@ -524,7 +524,7 @@ def test_squad_reader_parses_or_refuses_and_every_answer_is_at_its_offset(work, 
 
 # ----------------------------------------------------------------------------- config.json
 
-from onebert.config import _MAX_SIZES, MAX_PARAMETERS, BertConfig  # noqa: E402
+from onebert.model.config import _MAX_SIZES, MAX_PARAMETERS, BertConfig  # noqa: E402
 
 CONFIG_SEEDS = [
     {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "gradient_checkpointing": False,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import onebert
-from onebert.config import BertConfig
 from onebert.model import (BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
                            BertForSequenceClassification, BertForTokenClassification, BertModel, training_flops)
+from onebert.model.config import BertConfig, SpeedConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +43,7 @@ def _copy_into_hf(ours, hf_model):
 
 @pytest.mark.parametrize("unpad", [True, False])
 def test_bert_model_matches_transformers_on_padded_batch(tiny_config, unpad):
-    ours = BertModel(tiny_config).eval().set_unpadding(unpad)
+    ours = BertModel(tiny_config, speed=SpeedConfig(unpadding=unpad)).eval()
     hf = _copy_into_hf(ours, transformers.BertModel(_hf_config(tiny_config)))
     batch = _batch(tiny_config)
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_unpadded_and_padded_paths_give_same_loss_and_gradients(tiny_config):
     grads = []
     for unpad in (True, False):
         model.zero_grad()
-        model.set_unpadding(unpad)
+        model.set_speed(SpeedConfig(unpadding=unpad))
         out = model(**batch, labels=labels, next_sentence_label=nsp)
         out.loss.backward()
         grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))

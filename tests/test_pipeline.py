@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Randomly initialised heads saved as fine-tuned directories: deterministic outputs to compare."""
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
     from onebert.predict import TaskSpec, load_tokenizer, model_class
     from onebert.train.finetuning import save_model_dir
 

@@ -130,7 +130,7 @@ def test_ctrl_c_saves_a_checkpoint_at_a_step_boundary_and_resume_continues_exact
 
 
 def test_dropout_randomness_is_restored_on_resume(tmp_path):
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
 
     config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                         intermediate_size=37, max_position_embeddings=64)  # dropout 0.1 on

@@ -272,8 +272,8 @@ def test_resume_accepts_another_split_of_the_same_global_batch_and_refuses_anoth
 def test_batches_are_padded_long_tensors_ready_for_bert_for_pretraining(small_data):
     import torch
 
-    from onebert.config import BertConfig
     from onebert.model import BertForPreTraining
+    from onebert.model.config import BertConfig
 
     batch = next(iter(small_data.train_batches(4, seed=0)))
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"}

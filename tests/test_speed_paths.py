@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import onebert.model as model_module
-from onebert.config import BertConfig
-from onebert.model import (BertDropout, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
-                           BertModel, inference_flops, training_flops)
-from onebert.padding import packed_attention, padding_info
+from onebert.model import ops
+from onebert.model.bert import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
+from onebert.model.config import BertConfig, SpeedConfig
+from onebert.model.flops import inference_flops, training_flops
+from onebert.model.ops import BertDropout, packed_attention, padding_info
 
 LOSS_TOL = dict(atol=1e-6, rtol=1e-6)
 GRAD_TOL = dict(atol=1e-6, rtol=1e-5)
@@ -38,8 +38,8 @@ def _batch(config: BertConfig, lengths, seed=0):
 
 def _configure(model, unpadding: bool, packed: bool, subset: bool, sparse: bool | None = None):
     sparse = unpadding if sparse is None else sparse
-    return (model.set_unpadding(unpadding).set_packed_attention(packed).set_last_layer_subset(subset)
-            .set_sparse_word_gradient(sparse))
+    return model.set_speed(SpeedConfig(unpadding=unpadding, packed_attention=packed, last_layer_subset=subset,
+                                       sparse_word_gradient=sparse))
 
 
 def _loss_and_grads(model, loss_fn):
@@ -128,7 +128,9 @@ def test_word_embedding_gradient_is_dense_even_when_the_decoder_is_not_in_the_lo
 
 
 def test_models_without_a_decoder_keep_a_dense_word_lookup(tiny_config):
-    model = BertForSequenceClassification(tiny_config).set_sparse_word_gradient(True)
+    model = BertForSequenceClassification(tiny_config, speed=SpeedConfig(sparse_word_gradient=True))
+    assert not model.bert.embeddings.sparse_word_gradient
+    model.set_speed(SpeedConfig(sparse_word_gradient=True))
     assert not model.bert.embeddings.sparse_word_gradient
 
 
@@ -167,7 +169,7 @@ def test_left_padding_falls_back_to_the_padded_path_with_the_same_outputs(tiny_c
     flipped = {k: v.flip(1) for k, v in inputs.items()}  # pads first: [CLS] is not at position 0
     with torch.no_grad():
         fast = model(**flipped)
-        plain = model.set_unpadding(False)(**flipped)
+        plain = model.set_speed(SpeedConfig(unpadding=False))(**flipped)
     real = flipped["attention_mask"].bool()
     torch.testing.assert_close(fast.last_hidden_state[real], plain.last_hidden_state[real])
 
@@ -180,13 +182,13 @@ def test_speedups_are_on_by_default_through_the_ordinary_forward_call(tiny_confi
     model = BertForPreTraining(tiny_config)
     inputs, labels = _batch(tiny_config, (16, 5, 11, 2))
     attention_calls = []
-    original = model_module.packed_attention
+    original = ops.packed_attention
 
     def counting_attention(qkv, lengths, num_heads, dropout=None):
         attention_calls.append(list(lengths))
         return original(qkv, lengths, num_heads, dropout)
 
-    monkeypatch.setattr(model_module, "packed_attention", counting_attention)
+    monkeypatch.setattr(ops, "packed_attention", counting_attention)
     rows_seen = {}
 
     def record(name):
@@ -207,9 +209,24 @@ def test_speedups_are_on_by_default_through_the_ordinary_forward_call(tiny_confi
     assert rows_seen["decoder"] == labelled == out.masked_logits.shape[0]
 
 
+@pytest.mark.parametrize("speed, kernel", [
+    (SpeedConfig(), "auto"), (SpeedConfig(packed_attention=True), "packed"),
+    (SpeedConfig(packed_attention=False), "sdpa"), (SpeedConfig(unpadding=False, packed_attention=True), "sdpa"),
+])
+def test_attention_kernel_and_dropout_are_picked_from_the_speed_config_at_construction(tiny_config, speed, kernel):
+    model = BertForPreTraining(tiny_config, speed=dataclasses.replace(speed, fast_dropout=False))
+    attentions = [layer.attention.self for layer in model.bert.encoder.layer]
+    assert all(a.attend is ops.ATTENTION_KERNELS[kernel] for a in attentions)
+    assert all(m.drop is ops.torch_dropout for m in model.modules() if isinstance(m, BertDropout))
+    model.set_speed(SpeedConfig(unpadding=False))
+    assert all(a.attend is ops.sdpa_attention for a in attentions)
+    assert all(m.drop is ops.fast_dropout for m in model.modules() if isinstance(m, BertDropout))
+    assert model.speed == model.bert.speed == SpeedConfig(unpadding=False)
+
+
 def test_plain_path_is_what_switching_off_gives(tiny_config, monkeypatch):
     model = _configure(BertForPreTraining(tiny_config), False, True, True)
-    monkeypatch.setattr(model_module, "packed_attention", lambda *a, **k: pytest.fail("packed path used"))
+    monkeypatch.setattr(ops, "packed_attention", lambda *a, **k: pytest.fail("packed path used"))
     inputs, labels = _batch(tiny_config, (8, 3))
     assert model(**inputs, labels=labels).masked_logits.shape[0] == int((labels != -100).sum())
 
@@ -315,8 +332,9 @@ def test_fast_dropout_is_reproducible_under_manual_seed_and_off_in_eval():
 
 def test_switching_fast_dropout_off_gives_torch_dropout(tiny_config, monkeypatch):
     model = BertForPreTraining(dataclasses.replace(tiny_config, hidden_dropout_prob=0.1,
-                                                   attention_probs_dropout_prob=0.1)).set_fast_dropout(False)
-    monkeypatch.setattr(model_module, "dropout_keep_mask", lambda *a: pytest.fail("fast dropout used"))
+                                                   attention_probs_dropout_prob=0.1),
+                               speed=SpeedConfig(fast_dropout=False))
+    monkeypatch.setattr(ops, "dropout_keep_mask", lambda *a: pytest.fail("fast dropout used"))
     inputs, labels = _batch(tiny_config, (8, 3))
     model(**inputs, labels=labels).masked_logits.sum().backward()
 

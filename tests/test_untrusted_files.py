@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from onebert.config import BertConfig
 from onebert.errors import OneBertError
 from onebert.model import BertModel
+from onebert.model.config import BertConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "onebert"
 
@@ -207,7 +207,7 @@ def test_sizes_each_in_range_but_absurd_together_are_refused():
 
 
 def test_every_preset_stays_within_the_limits():
-    from onebert.config import MAX_PARAMETERS, PRESETS
+    from onebert.model.config import MAX_PARAMETERS, PRESETS
 
     assert all(config.estimated_parameters() < MAX_PARAMETERS / 100 for config in PRESETS.values())
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import onebert
-from onebert.config import BertConfig
 from onebert.errors import OneBertError
 from onebert.model import BertForPreTraining, BertForSequenceClassification, BertModel
+from onebert.model.config import BertConfig
 
 transformers = pytest.importorskip("transformers")
 

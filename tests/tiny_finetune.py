@@ -24,8 +24,8 @@ def make_tiny_model(directory: Path, seed: int = 0, max_position_embeddings: int
     """A random-weight BertModel directory with tokenizer files, like a small pretraining output."""
     import torch
 
-    from onebert.config import BertConfig
     from onebert.model import BertModel
+    from onebert.model.config import BertConfig
     from onebert.tokenizer import Tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from onebert import export
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
     from onebert.errors import OneBertError
     from onebert.tokenizer import Tokenizer
 

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
     from onebert.errors import OneBertError
     from onebert.io_utils import check_output_dir, looks_like_run_dir
     from onebert.predict import DEFAULT_MAX_SEQ_LENGTH, load_tokenizer, model_class, resolve_model_dir

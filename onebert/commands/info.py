@@ -16,9 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
     from onebert.errors import OneBertError
-    from onebert.weights import read_state_dict
+    from onebert.model.weights import read_state_dict
 
     directory = Path(args.model)
     config = BertConfig.load(directory)

@@ -34,7 +34,7 @@ _MAX_TIME = ranges.RangedType(ranges.TIME_BUDGET, parse=parse_duration, what="a 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from onebert.config import PRESETS
+    from onebert.model.config import PRESETS
 
     io = parser.add_argument_group("data, model and output")
     io.add_argument("--data", metavar="DATA_DIR", help="a data directory written by `onebert prepare` (required)")
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from onebert.config import PRESETS, resolve_config
+    from onebert.model.config import PRESETS, resolve_config
     from onebert.data import MaskingConfig, PretrainingData
     from onebert.errors import OneBertError
     from onebert.io_utils import check_output_dir, looks_like_run_dir

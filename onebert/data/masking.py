@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onebert.errors import OneBertError
-
-IGNORE_INDEX = -100
+from onebert.model.config import IGNORE_INDEX
 _UINT64 = np.uint64
 _GOLDEN = _UINT64(0x9E3779B97F4A7C15)
 

@@ -269,7 +269,7 @@ def lone_surrogate_error(loc: tuple[str | int, ...], text: str) -> HTTPException
 
 
 def _model_task(model_dir: Path) -> str | None:
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
 
     task = BertConfig.load(model_dir).onebert.get("task")
     if task is not None and task not in TASKS:

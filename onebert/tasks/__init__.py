@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-IGNORE_INDEX = -100
+from onebert.model.config import IGNORE_INDEX
+
 TASKS = ("classification", "ner", "qa")
 
 # Per-row targets: token-level lists are padded with IGNORE_INDEX; scalars are stacked.

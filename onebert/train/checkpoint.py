@@ -30,7 +30,7 @@ import torch
 
 from onebert.errors import OneBertError
 from onebert.io_utils import fsync_dir, os_error_behind
-from onebert.weights import unpickling_refusal_reason
+from onebert.model.weights import unpickling_refusal_reason
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"

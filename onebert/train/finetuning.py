@@ -34,7 +34,8 @@ from torch import nn
 
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_directory
-from onebert.model import IGNORE_INDEX, training_flops
+from onebert.model.config import IGNORE_INDEX
+from onebert.model.flops import training_flops
 from onebert.predict import LOWER_IS_BETTER, TaskSpec, decode, encode, forward, score
 from onebert.tasks import collate
 from onebert.train.distributed import DistContext

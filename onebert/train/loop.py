@@ -17,7 +17,7 @@ the run). Metrics stay on the device and are read on logging steps only.
 
 Throughput and MFU. tokens/s counts real tokens (padding excluded). MFU = model FLOPs per second
 achieved / (peak FLOP/s x ranks), where the task counts the model FLOPs of each micro-batch (for BERT
-`onebert.model.training_flops`: 6 x non-embedding weights x tokens + 12 x layers x hidden x sum of
+`onebert.model.flops.training_flops`: 6 x non-embedding weights x tokens + 12 x layers x hidden x sum of
 squared sequence lengths for attention + the MLM head at masked positions only) and the peak is a
 timed matmul in the training dtype on this device (`precision.measure_peak_flops`).
 

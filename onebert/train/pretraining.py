@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import torch
 from torch import nn
 
-from onebert.config import BertConfig
 from onebert.io_utils import atomic_directory, atomic_write_bytes
-from onebert.model import IGNORE_INDEX, training_flops
+from onebert.model.config import IGNORE_INDEX, BertConfig
+from onebert.model.flops import training_flops
 from onebert.train.distributed import DistContext
 from onebert.train.loop import Batch, TrainingTask
 

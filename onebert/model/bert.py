@@ -2,16 +2,18 @@
 
 Read top to bottom: embeddings, self-attention, feed-forward, layer, encoder, pooler, then the
 model and one class per head. Parameter names copy `transformers.models.bert` exactly, so a
-state dict moves between the two as an identity mapping (see `onebert.weights`).
+state dict moves between the two as an identity mapping (see `onebert.model.weights`).
 
-Speed without a second code path (each trick a small helper in `onebert.padding`, on by default
-through the ordinary forward call, and switchable for comparison):
+Architecture only. The speed tricks are small helpers in `onebert.model.ops`, picked once from a
+frozen `SpeedConfig` when the model is built (`BertModel(config, speed=...)`, or `set_speed` to
+compare on one instance), all on by default and all computing the same function:
 - unpadding: the real tokens are gathered into a packed [tokens, hidden] tensor once, and every
-  layer, attention included, runs on that (`set_unpadding`, `set_packed_attention`);
+  layer, attention included, runs on that (`ops.unpadding_for`, `ops.ATTENTION_KERNELS`);
 - the masked-LM decoder runs only at the labelled positions, and the last layer's attention
   output and feed-forward only at the positions a head reads: the labelled ones and [CLS] for
-  pretraining, [CLS] for sequence classification (`set_last_layer_subset`);
-- Q, K and V come from one GEMM.
+  pretraining, [CLS] for sequence classification (`last_layer_subset`);
+- Q, K and V come from one GEMM; dropout masks and the tied word-lookup gradient are cheaper
+  on CPU (`ops.BertDropout`, `ops.word_embedding_lookup`).
 Under torch.compile the host-side steps (reading the mask, indexing the labelled positions) run
 eagerly and the packed sizes are marked dynamic, so the graph is not retraced for every batch.
 """
@@ -19,7 +21,6 @@ eagerly and the packed sizes are marked dynamic, so the graph is not retraced fo
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,10 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onebert.config import BertConfig
-from onebert.padding import PaddingInfo, nonzero_index, packed_attention, pad, padding_info, unpad
-
-IGNORE_INDEX = -100
+from onebert.model.config import IGNORE_INDEX, BertConfig, SpeedConfig
+from onebert.model.ops import (ATTENTION_KERNELS, BertDropout, Encoded, PaddingInfo, allow_sparse_gradient,
+                               nonzero_index, pad, unpad, unpadding_for, word_embedding_lookup)
 
 
 @dataclass
@@ -69,60 +69,7 @@ def activation(name: str):
     return F.silu
 
 
-class _MaskedScale(torch.autograd.Function):
-    """x * keep * scale, saving only the bool mask for the backward (as native dropout does)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        # The kernel native dropout's backward uses: one fused pass, where x * keep would first
-        # cast the bool mask element by element.
-        return torch.ops.aten.native_dropout_backward(x, keep, scale)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
-
-
-def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """A Bernoulli keep-mask from 16 random bits per element, and the matching 1 / keep-rate.
-
-    torch's CPU bernoulli_ spends ~6 ns per element; four 16-bit draws from one 64-bit random_
-    cost a fifth of that. The drop rate is p rounded to a multiple of 1/65536 (0.1 becomes
-    0.100006) and the scale uses that exact rate, so the expectation is unchanged.
-    """
-    count = math.prod(shape)
-    bits = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
-    dropped = round(p * 65536)
-    keep = bits.view(torch.int16)[:count].view(shape) >= -32768 + dropped
-    return keep, 65536 / (65536 - dropped)
-
-
-class BertDropout(nn.Dropout):
-    """nn.Dropout with a cheaper random mask on CPU (`dropout_keep_mask`); `fast = False` restores F.dropout.
-
-    CUDA and torch.compile keep F.dropout: their fused kernels generate the mask in place already.
-    """
-
-    fast = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.fast and x.device.type == "cpu" and not torch.compiler.is_compiling():
-            keep, scale = dropout_keep_mask(x.shape, self.p, x.device)
-            return _MaskedScale.apply(x, keep, scale)
-        return F.dropout(x, self.p, training=True)
-
-
 # ----------------------------------------------------------------------------- encoder
-
-
-def _densify_gradient(parameter: torch.Tensor) -> None:
-    if parameter.grad is not None and parameter.grad.is_sparse:
-        parameter.grad = parameter.grad.to_dense()
 
 
 class BertEmbeddings(nn.Module):
@@ -133,41 +80,35 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = BertDropout(config.hidden_dropout_prob)
-        self.sparse_word_gradient = False  # see use_sparse_word_gradient
+        self.sparse_word_gradient = False
 
-    def use_sparse_word_gradient(self, enabled: bool) -> None:
-        """Let the word lookup's gradient be sparse; only for a table tied to a decoder.
-
-        A dense lookup gradient is a zero-filled [vocab, hidden] matrix with a few hundred rows
-        set, which autograd then adds in full to the tied decoder's dense gradient; a sparse one
-        adds just those rows (5% of a bf16 base pretraining step on CPU). The summed gradient
-        is dense whenever the decoder is part of the loss; a hook densifies it otherwise, so
-        optimizers never see a sparse gradient.
-        """
-        self.sparse_word_gradient = enabled
-        weight = self.word_embeddings.weight
-        if enabled and not getattr(weight, "_onebert_densify_hook", False):
-            weight.register_post_accumulate_grad_hook(_densify_gradient)
-            weight._onebert_densify_hook = True
+    def use_speed(self, speed: SpeedConfig) -> None:
+        # BertPreTrainedModel.set_speed turns this off for models without a tied decoder.
+        self.sparse_word_gradient = speed.sparse_word_gradient
+        if speed.sparse_word_gradient:
+            allow_sparse_gradient(self.word_embeddings.weight)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
                 position_ids: torch.Tensor) -> torch.Tensor:
-        # torch.compile cannot trace sparse gradients: compiled graphs use the dense lookup.
-        sparse = self.sparse_word_gradient and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        words = F.embedding(input_ids, self.word_embeddings.weight, self.word_embeddings.padding_idx, sparse=sparse)
+        words = word_embedding_lookup(input_ids, self.word_embeddings, self.sparse_word_gradient)
         embeddings = words + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
 
 
 class BertSelfAttention(nn.Module):
+    """The Q, K, V projections; the attention itself is the kernel `SpeedConfig.attention` picks."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
-        self.head_dim = config.head_dim
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = BertDropout(config.attention_probs_dropout_prob)
+        self.attend = ATTENTION_KERNELS[SpeedConfig().attention]
+
+    def use_speed(self, speed: SpeedConfig) -> None:
+        self.attend = ATTENTION_KERNELS[speed.attention]
 
     def forward(self, hidden: torch.Tensor, padding: PaddingInfo | None,
                 attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -176,19 +117,8 @@ class BertSelfAttention(nn.Module):
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(hidden, weight, bias)
-        dropout_p = self.dropout.p if self.training else 0.0
-        # torch.compile traces the padded form instead: the per-sequence loop would tie the graph
-        # to each batch's lengths and recompile for every new batch.
-        if padding is not None and padding.packed_attention and not torch.compiler.is_compiling():
-            return packed_attention(qkv, padding.lengths, self.num_heads, self.dropout if dropout_p > 0.0 else None)
-        if padding is not None:  # packed tokens, padded attention: [batch, seq] back for SDPA
-            qkv = pad(qkv, padding)
-        batch, seq, _ = qkv.shape
-        qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        context = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attention_mask,
-                                                 dropout_p=dropout_p)
-        context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
-        return unpad(context, padding) if padding is not None else context
+        dropout = self.dropout if self.training and self.dropout.p > 0.0 else None
+        return self.attend(qkv, padding, attention_mask, self.num_heads, dropout)
 
 
 class BertSelfOutput(nn.Module):
@@ -278,7 +208,7 @@ class BertPreTrainedModel(nn.Module):
     """Weight initialisation and HuggingFace-layout loading/saving shared by every model class."""
 
     config: BertConfig
-    use_last_layer_subset = True  # see set_last_layer_subset
+    speed: SpeedConfig
 
     def init_weights(self) -> None:
         self.apply(self._init_module)
@@ -304,41 +234,28 @@ class BertPreTrainedModel(nn.Module):
     def tie_weights(self) -> None:
         """Heads with a decoder share it with the word embeddings; nothing to do elsewhere."""
 
-    def set_unpadding(self, enabled: bool) -> "BertPreTrainedModel":
-        """Run token-wise layers on real tokens only (default) or on the padded batch (for comparison)."""
-        encoder = self if isinstance(self, BertModel) else self.bert
-        encoder.use_unpadding = enabled
-        return self
+    def use_speed(self, speed: SpeedConfig) -> None:
+        self.speed = speed  # the heads read last_layer_subset, BertModel unpadding
 
-    def set_packed_attention(self, enabled: bool | None) -> "BertPreTrainedModel":
-        """With unpadding: attention per sequence on packed tokens (True), or pad -> SDPA -> unpad per
-        layer (False). None (the default) packs on CPU, where it measured faster, and pads on GPUs,
-        where SDPA's fused masked kernels avoid one small kernel launch per sequence (not measured:
-        no GPU was available to this work)."""
-        encoder = self if isinstance(self, BertModel) else self.bert
-        encoder.use_packed_attention = enabled
-        return self
+    def set_speed(self, speed: SpeedConfig) -> "BertPreTrainedModel":
+        """Pick the implementations `speed` names in every module that has a choice; returns self.
 
-    def set_last_layer_subset(self, enabled: bool) -> "BertPreTrainedModel":
-        """Heads that read few positions (MLM with labels, [CLS] classification) run the last
-        layer's attention output and feed-forward on those positions only (default on)."""
-        self.use_last_layer_subset = enabled
-        return self
-
-    def set_sparse_word_gradient(self, enabled: bool) -> "BertPreTrainedModel":
-        """Masked-LM models: a sparse word-lookup gradient added into the tied decoder's (default
-        on; `BertEmbeddings.use_sparse_word_gradient`). No effect on models without a decoder."""
-        if isinstance(self, _MaskedLMMixin):
-            self.use_sparse_word_gradient = enabled
-            self.bert.embeddings.use_sparse_word_gradient(enabled)
-        return self
-
-    def set_fast_dropout(self, enabled: bool) -> "BertPreTrainedModel":
-        """Dropout masks from `dropout_keep_mask` on CPU (default), or torch's F.dropout."""
+        Every choice computes the same function, so a built (or trained) model may be switched:
+        to compare speeds on one instance, or to trace the padded layout for export.
+        """
+        if not isinstance(self, _MaskedLMMixin):
+            # A sparse lookup gradient is only ever summed into a tied decoder's dense one.
+            speed = dataclasses.replace(speed, sparse_word_gradient=False)
         for module in self.modules():
-            if isinstance(module, BertDropout):
-                module.fast = enabled
+            use_speed = getattr(module, "use_speed", None)
+            if use_speed is not None:
+                use_speed(speed)
         return self
+
+    def post_init(self, speed: SpeedConfig) -> None:
+        """The end of every model's __init__, once all its modules exist (transformers' name)."""
+        self.init_weights()
+        self.set_speed(speed)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}  # tied weights count once
@@ -350,19 +267,21 @@ class BertPreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, config: BertConfig | None = None, *,
-                        ignore_mismatched_heads: bool = False, **config_overrides: Any):
+                        ignore_mismatched_heads: bool = False, speed: SpeedConfig | None = None,
+                        **config_overrides: Any):
         """Load a HuggingFace-layout directory (config.json + model.safetensors or pytorch_model.bin).
 
         Head weights missing from the checkpoint are initialised and listed in
         `model.load_report`; anything else missing, unexpected or mis-shaped is an error.
         """
-        from onebert.weights import load_pretrained
+        from onebert.model.weights import load_pretrained
 
-        return load_pretrained(cls, directory, config=config, ignore_mismatched_heads=ignore_mismatched_heads,
-                               **config_overrides)
+        model = load_pretrained(cls, directory, config=config, ignore_mismatched_heads=ignore_mismatched_heads,
+                                **config_overrides)
+        return model.set_speed(speed) if speed is not None else model
 
     def save_pretrained(self, directory) -> None:
-        from onebert.weights import save_pretrained
+        from onebert.model.weights import save_pretrained
 
         save_pretrained(self, directory)
 
@@ -370,57 +289,18 @@ class BertPreTrainedModel(nn.Module):
 # ----------------------------------------------------------------------------- BertModel
 
 
-@dataclass
-class Encoded:
-    """The encoder's output as the heads want it: packed when unpadded, so heads skip pads too."""
-
-    hidden: torch.Tensor  # [tokens, H] when padding is not None, else [B, S, H]
-    padding: PaddingInfo | None
-    first_token: torch.Tensor  # [B, H], the [CLS] states
-    rows: torch.Tensor | None = None  # when set, `hidden` holds only these packed tokens (`keep`)
-
-    def padded(self) -> torch.Tensor:
-        if self.rows is not None:
-            raise ValueError("the encoder ran its last layer on a subset of the tokens (keep=...); "
-                             "there is no full [batch, seq] output to return")
-        return pad(self.hidden, self.padding) if self.padding is not None else self.hidden
-
-    def select(self, values: torch.Tensor) -> torch.Tensor:
-        """Bring a per-position tensor [B, S, ...] (labels, say) into the hidden state's layout."""
-        if self.padding is None:
-            return values.reshape(-1, *values.shape[2:])
-        packed = unpad(values, self.padding)
-        return packed.index_select(0, self.rows) if self.rows is not None else packed
-
-
-@torch.compiler.disable
-def _unpadding_for(attention_mask: torch.Tensor | None, batch: int, seq: int, device: torch.device,
-                   packed_attention: bool) -> PaddingInfo | None:
-    """The packed layout for this batch, or None where the padded path must run.
-
-    Unpadding needs position 0 real in every row (right padding, the usual case), so that the
-    pooler's [CLS] is a packed token. Runs eagerly under torch.compile: it reads the mask on the host.
-    """
-    host_mask = (attention_mask.detach().to("cpu", torch.bool) if attention_mask is not None
-                 else torch.ones(batch, seq, dtype=torch.bool))
-    if not bool(host_mask[:, 0].all()):
-        return None
-    return padding_info(host_mask, packed_attention, device=device)
-
-
 class BertModel(BertPreTrainedModel):
     """The bare encoder: embeddings, N post-LayerNorm Transformer layers, and the [CLS] pooler."""
 
-    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
-        self.use_unpadding = True
-        self.use_packed_attention: bool | None = None  # None: on CPU, see set_packed_attention
-        if type(self) is BertModel:
-            self.init_weights()
+        self.speed = speed
+        if type(self) is BertModel:  # inside a head model, the head's post_init does this
+            self.post_init(speed)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> Encoded:
@@ -428,7 +308,7 @@ class BertModel(BertPreTrainedModel):
 
         keep: optional [B, S] bool, the positions whose final hidden state the caller reads (masked
         tokens for the MLM loss, say); the [CLS] positions are always kept. The last layer's
-        token-wise part then runs on those tokens only. Ignored on the padded path.
+        token-wise part then runs on those tokens only. Ignored on the padded layout.
         """
         batch, seq = input_ids.shape
         if seq > self.config.max_position_embeddings:
@@ -437,18 +317,20 @@ class BertModel(BertPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        packed = self.use_packed_attention
-        if packed is None:
-            packed = input_ids.device.type == "cpu"
-        padding = _unpadding_for(attention_mask, batch, seq, input_ids.device, packed) \
-            if self.use_unpadding else None
+        padding = unpadding_for(attention_mask, batch, seq, input_ids.device) if self.speed.unpadding else None
         if padding is None:
-            sdpa_mask = None
-            if attention_mask is not None and not bool(attention_mask.all()):
-                sdpa_mask = attention_mask.bool()[:, None, None, :]
-            hidden = self.embeddings(input_ids, token_type_ids, position_ids)
-            hidden = self.encoder(hidden, None, sdpa_mask)
-            return Encoded(hidden, None, hidden[:, 0])
+            return self._encode_padded(input_ids, attention_mask, token_type_ids, position_ids)
+        return self._encode_packed(input_ids, token_type_ids, position_ids, padding, keep)
+
+    def _encode_padded(self, input_ids, attention_mask, token_type_ids, position_ids) -> Encoded:
+        sdpa_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            sdpa_mask = attention_mask.bool()[:, None, None, :]
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids)
+        hidden = self.encoder(hidden, None, sdpa_mask)
+        return Encoded(hidden, None, hidden[:, 0])
+
+    def _encode_packed(self, input_ids, token_type_ids, position_ids, padding: PaddingInfo, keep) -> Encoded:
         hidden = self.embeddings(unpad(input_ids, padding), unpad(token_type_ids, padding),
                                  unpad(position_ids, padding))
         starts = padding.starts
@@ -524,15 +406,12 @@ def _mean_or_normalised(loss_sum: torch.Tensor, count: torch.Tensor | int,
 class _MaskedLMMixin:
     """The masked-LM part shared by BertForPreTraining and BertForMaskedLM."""
 
-    use_sparse_word_gradient = True  # see set_sparse_word_gradient
-
     def tie_weights(self) -> None:
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
-        self.bert.embeddings.use_sparse_word_gradient(self.use_sparse_word_gradient)
 
     def _encode_for_masked_lm(self, input_ids, attention_mask, token_type_ids, labels) -> Encoded:
         # With labels only the labelled positions (and [CLS]) need the last layer's output.
-        keep = labels != IGNORE_INDEX if labels is not None and self.use_last_layer_subset else None
+        keep = labels != IGNORE_INDEX if labels is not None and self.speed.last_layer_subset else None
         return self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep)
 
     def _masked_lm(self, encoded: Encoded, labels: torch.Tensor | None, normalizer, output: ModelOutput):
@@ -554,12 +433,12 @@ class _MaskedLMMixin:
 class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
     """Masked LM + next-sentence prediction; loss = MLM cross-entropy + NSP cross-entropy."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=True)
         self.cls = BertPreTrainingHeads(config)
-        self.init_weights()
+        self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 next_sentence_label=None, mlm_normalizer=None, nsp_normalizer=None) -> ModelOutput:
@@ -577,12 +456,12 @@ class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
 
 
 class BertForMaskedLM(_MaskedLMMixin, BertPreTrainedModel):
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(config)
-        self.init_weights()
+        self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
                 mlm_normalizer=None) -> ModelOutput:
@@ -601,14 +480,14 @@ def _classifier_dropout(config: BertConfig) -> float:
 class BertForSequenceClassification(BertPreTrainedModel):
     """[CLS] pooled output -> dropout -> linear; cross-entropy, or MSE for regression (num_labels=1)."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
         self.config = config
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=True)
         self.dropout = BertDropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.init_weights()
+        self.post_init(speed)
 
     @property
     def is_regression(self) -> bool:
@@ -616,7 +495,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
         # Only [CLS] is read after the last layer (encode always keeps it).
-        keep = torch.zeros_like(input_ids, dtype=torch.bool) if self.use_last_layer_subset else None
+        keep = torch.zeros_like(input_ids, dtype=torch.bool) if self.speed.last_layer_subset else None
         encoded = self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep)
         pooled = self.bert.pool(encoded)
         logits = self.classifier(self.dropout(pooled))
@@ -632,14 +511,14 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
 
 class BertForTokenClassification(BertPreTrainedModel):
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
         self.config = config
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
         self.dropout = BertDropout(_classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.init_weights()
+        self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
         encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
@@ -655,7 +534,7 @@ class BertForTokenClassification(BertPreTrainedModel):
 class BertForQuestionAnswering(BertPreTrainedModel):
     """Start/end logits over the tokens. Pad positions get -inf-like logits so they never win or enter the loss."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
         if config.num_labels != 2 or config.id2label:
             # transformers sizes qa_outputs by num_labels; a span head has exactly two (start, end).
@@ -663,7 +542,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        self.init_weights()
+        self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
                 end_positions=None) -> ModelOutput:
@@ -691,38 +570,4 @@ MODEL_CLASSES: dict[str, type[BertPreTrainedModel]] = {
 }
 
 
-def training_flops(config: BertConfig, lengths: torch.Tensor | list[int], masked_tokens: int,
-                   last_layer_tokens: int | None = None) -> float:
-    """Model FLOPs of one forward + backward pass over real tokens only (padding excluded).
-
-    Per token, each weight does a multiply-add forward and two backward: 6 FLOPs per weight.
-    Attention adds QK^T and AV: 2 * 2 * L * H per token per layer forward (L = that sequence's
-    length), times 3 with the backward. The MLM head counts at the masked positions only,
-    since that is all that is useful work.
-
-    last_layer_tokens: how many tokens' final states a head reads (masked + [CLS] for
-    pretraining, [CLS] for classification). The last layer then needs K and V at every token but
-    its query, attention output and feed-forward only at those; None counts the whole last layer.
-    """
-    lengths_t = torch.as_tensor(lengths, dtype=torch.float64)
-    tokens = float(lengths_t.sum())
-    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    per_layer_weights = 4 * h * h + 2 * h * i
-    encoder = 6 * n * per_layer_weights * tokens
-    attention = 3 * 4 * n * h * float((lengths_t ** 2).sum())
-    if last_layer_tokens is not None and tokens > 0:
-        skipped = tokens - last_layer_tokens
-        encoder -= 6 * (2 * h * h + 2 * h * i) * skipped  # query, output projection, feed-forward
-        attention -= 3 * 4 * h * float((lengths_t ** 2).sum()) * skipped / tokens  # their queries' rows
-    mlm_head = 6 * (h * h + h * config.vocab_size) * masked_tokens
-    pooler_nsp = 6 * (h * h + 2 * h) * len(lengths_t)
-    return encoder + attention + mlm_head + pooler_nsp
-
-
-def inference_flops(config: BertConfig, lengths: torch.Tensor | list[int], last_layer_tokens: int | None = None) -> float:
-    """Forward-only FLOPs of the encoder over real tokens (a third of the training count, no MLM head)."""
-    return training_flops(config, lengths, masked_tokens=0, last_layer_tokens=last_layer_tokens) / 3
-
-
-__all__ = [name for name in MODEL_CLASSES] + ["BertConfig", "ModelOutput", "training_flops", "inference_flops",
-                                              "IGNORE_INDEX"]
+__all__ = [name for name in MODEL_CLASSES] + ["BertPreTrainedModel", "ModelOutput", "MODEL_CLASSES"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onebert.config import CONFIG_NAME, BertConfig
+from onebert.model.config import CONFIG_NAME, BertConfig
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_write_with
 

@@ -1,4 +1,8 @@
-"""BertConfig: the model's shape, with HuggingFace's field names so config.json files travel both ways."""
+"""What a model is and how it runs: `BertConfig` (its shape, with HuggingFace's field names so
+config.json files travel both ways) and `SpeedConfig` (which of the equivalent implementations run).
+
+No torch here: the command line reads presets and configs without paying for it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,11 @@ from typing import Any
 from onebert.errors import OneBertError
 
 CONFIG_NAME = "config.json"
+
+# The label value every loss skips (torch's cross_entropy default, and transformers'): masked-LM
+# positions that are not predicted, NER word continuations, special tokens. Defined once, here,
+# where the data pipeline, the tasks and the model all import it without loading torch.
+IGNORE_INDEX = -100
 
 # Fields transformers writes into a BERT config.json that do not change the BERT encoder we build.
 # They are accepted (and kept for the round trip when they carry information, see `extra`),
@@ -231,6 +240,36 @@ class BertConfig:
         except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
             raise OneBertError(f"{path}: invalid JSON: {str(exc).split(';')[0]}") from None
         return cls.from_dict(data, source=str(path))
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Which implementation of each speed trick runs. Every choice computes the same function (to
+    float rounding; tests/test_speed_paths.py proves it), so this is not saved with a model: it is
+    chosen at construction, `BertModel(config, speed=SpeedConfig(...))`, or for a comparison on one
+    instance, `model.set_speed(...)`. The defaults are the fastest measured on CPU.
+    """
+
+    # Token-wise layers run on a packed [real tokens, hidden] tensor instead of [batch, seq, hidden].
+    unpadding: bool = True
+    # With unpadding: attention per sequence on the packed tokens (True), or pad -> SDPA -> unpad in
+    # every layer (False). None packs on CPU, where it measured faster, and pads on GPUs, where SDPA's
+    # fused masked kernels avoid one small kernel launch per sequence.
+    packed_attention: bool | None = None
+    # Heads that read few positions (MLM with labels, [CLS] classification) run the last layer's
+    # attention output and feed-forward on those positions only.
+    last_layer_subset: bool = True
+    # Masked-LM models: the word lookup's gradient is sparse and added into the tied decoder's.
+    sparse_word_gradient: bool = True
+    # Dropout masks from 16 random bits per element on CPU instead of torch's bernoulli_.
+    fast_dropout: bool = True
+
+    @property
+    def attention(self) -> str:
+        """The key of `onebert.model.ops.ATTENTION_KERNELS` that these settings pick."""
+        if not self.unpadding or self.packed_attention is False:
+            return "sdpa"
+        return "packed" if self.packed_attention else "auto"
 
 
 def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> BertConfig:

@@ -52,7 +52,7 @@ class Pipeline:
                 and all(isinstance(x, str) for x in inputs))
 
     def _classification(self, items: Sequence[Any]) -> list[dict[str, Any]]:
-        from onebert.data.tasks import TextExample
+        from onebert.tasks.readers import TextExample
 
         examples = []
         for i, item in enumerate(items):
@@ -73,7 +73,7 @@ class Pipeline:
         return outputs
 
     def _ner(self, items: Sequence[Any]) -> list[list[dict[str, Any]]]:
-        from onebert.data.tasks import NerExample
+        from onebert.tasks.readers import NerExample
 
         split = []
         for i, item in enumerate(items):
@@ -91,7 +91,7 @@ class Pipeline:
         return outputs
 
     def _qa(self, items: Sequence[Any]) -> list[dict[str, Any]]:
-        from onebert.data.tasks import QAExample
+        from onebert.tasks.readers import QAExample
 
         examples = []
         for i, item in enumerate(items):

@@ -307,7 +307,7 @@ def decode(spec: TaskSpec, outputs: dict[str, list[np.ndarray]], features: Featu
 def score(spec: TaskSpec, predictions: Sequence[Any], examples: Sequence[Any]) -> dict[str, Any]:
     """The task's standard metrics (see onebert.tasks.metrics); classification adds its confusion matrix."""
     if spec.task == "classification":
-        from onebert.data.tasks import label_ids
+        from onebert.tasks.readers import label_ids
         from onebert.tasks.classification import evaluate_classification
 
         metrics = evaluate_classification(predictions, examples, label_list=spec.labels, regression=spec.regression)

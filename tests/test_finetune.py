@@ -243,7 +243,7 @@ def test_a_worse_validation_score_never_replaces_the_best_model(tiny_model, tmp_
     from safetensors.torch import load_file
 
     from onebert.config import BertConfig
-    from onebert.data.tasks import TextExample
+    from onebert.tasks.readers import TextExample
     from onebert.model import BertForSequenceClassification
     from onebert.predict import TaskSpec, load_tokenizer
     from onebert.train.finetuning import FineTuningTask, read_best
@@ -313,7 +313,7 @@ def test_length_grouped_batches_resume_mid_epoch_and_split_a_global_batch_across
 
 def test_ner_accumulation_normalises_by_the_labelled_tokens_of_the_whole_step(tiny_model):
     from onebert.config import BertConfig
-    from onebert.data.tasks import read_conll
+    from onebert.tasks.readers import read_conll
     from onebert.model import BertForTokenClassification
     from onebert.predict import TaskSpec, load_tokenizer
     from onebert.tasks import collate
@@ -480,7 +480,7 @@ def test_qa_trains_on_random_batches_classification_on_length_grouped_ones(tiny_
     """Why random for QA: the questions on one paragraph have nearly the same length, so length-grouped batches
     would each hold one paragraph's questions (correlated gradients; 1.6 F1 on SQuAD v1.1, BENCHMARKS.md)."""
     from onebert.config import BertConfig
-    from onebert.data.tasks import QAExample, SquadAnswer, TextExample
+    from onebert.tasks.readers import QAExample, SquadAnswer, TextExample
     from onebert.predict import TaskSpec, load_tokenizer
     from onebert.train.finetuning import FineTuningTask
 

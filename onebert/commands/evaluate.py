@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_labelled(spec, path: str, args: argparse.Namespace) -> list[Any]:
-    from onebert.data.tasks import read_classification, read_conll, read_squad
+    from onebert.tasks.readers import read_classification, read_conll, read_squad
 
     if spec.task == "classification":
         return read_classification(path, **columns(spec, args))

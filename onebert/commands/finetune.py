@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_data(args: argparse.Namespace, max_seq_length: int):
     """Training and validation examples, and the task spec (labels from the training data)."""
-    from onebert.data.tasks import (build_label_list, label_ids, looks_like_regression, read_classification, read_conll,
+    from onebert.tasks.readers import (build_label_list, label_ids, looks_like_regression, read_classification, read_conll,
                                     read_squad, regression_targets)
     from onebert.errors import OneBertError
     from onebert.predict import TaskSpec

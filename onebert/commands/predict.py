@@ -81,11 +81,11 @@ def predict_file(predictor, path: Path, args: argparse.Namespace, stdin: bool = 
     fmt = input_format(spec.task, path, args.format, stdin)
     if spec.task == "classification":
         if fmt == "text":
-            from onebert.data.tasks import TextExample
+            from onebert.tasks.readers import TextExample
 
             examples = [TextExample(text=line, source=f"{path}: line {n}") for n, line in enumerate(_text_lines(path), 1)]
         else:
-            from onebert.data.tasks import read_classification
+            from onebert.tasks.readers import read_classification
 
             from onebert.commands.evaluate import columns
 
@@ -93,7 +93,7 @@ def predict_file(predictor, path: Path, args: argparse.Namespace, stdin: bool = 
             examples = read_classification(path, file_format=fmt, labelled=False, **chosen)
         return [classification_record(p, spec) for p in predictor.predict(examples)]
     if spec.task == "ner":
-        from onebert.data.tasks import NerExample, read_conll
+        from onebert.tasks.readers import NerExample, read_conll
         from onebert.predict import split_words
 
         if fmt == "conll":
@@ -144,7 +144,7 @@ _TAG = re.compile(r"^(O|[BIES]-\S+)$")
 
 def _looks_like_conll(path: Path) -> bool:
     """-DOCSTART- lines, or token lines whose last column is a tag: a CoNLL file, not lines of text."""
-    from onebert.data.tasks import read_text_file
+    from onebert.tasks.readers import read_text_file
 
     lines = [line for line in read_text_file(path).split("\n")[:200] if line.strip()]
     if any(line.startswith("-DOCSTART-") for line in lines):
@@ -156,7 +156,7 @@ def _looks_like_conll(path: Path) -> bool:
 
 def _text_lines(path: Path) -> list[str]:
     """Every line is one input (an empty line too, so output line N answers input line N)."""
-    from onebert.data.tasks import read_text_file
+    from onebert.tasks.readers import read_text_file
 
     lines = read_text_file(path).split("\n")
     if lines and lines[-1] == "":
@@ -168,7 +168,7 @@ def read_squad_input(path: Path, fmt: str) -> list[Any]:
     """SQuAD JSON (answers optional), or JSON lines of {"question", "context"[, "id"]}."""
     import json
 
-    from onebert.data.tasks import QAExample, read_squad, read_text_file
+    from onebert.tasks.readers import QAExample, read_squad, read_text_file
     from onebert.errors import OneBertError
 
     if fmt == "squad":

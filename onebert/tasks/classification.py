@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from onebert.data.tasks import TextExample, label_ids, regression_targets
+from onebert.tasks.readers import TextExample, label_ids, regression_targets
 from onebert.tasks import Features, logit_rows, to_numpy
 from onebert.tasks.metrics import classification_metrics, regression_metrics
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from onebert.data.tasks import NerExample
+from onebert.tasks.readers import NerExample
 from onebert.errors import OneBertError
 from onebert.tasks import IGNORE_INDEX, Features, logit_rows
 from onebert.tasks.metrics import entity_scores, get_entities

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from onebert.data.tasks import QAExample
+from onebert.tasks.readers import QAExample
 from onebert.tasks import Features, logit_rows
 from onebert.tasks.metrics import squad_metrics
 
@@ -69,7 +69,7 @@ def qa_features(tokenizer, examples: Sequence[QAExample], max_seq_length: int = 
     """Windows of every example; with training=True also start_positions / end_positions.
 
     In training, an answerable question whose answers are all unaligned (see
-    `onebert.data.tasks.read_squad`) is skipped and counted in `skipped_examples`.
+    `onebert.tasks.readers.read_squad`) is skipped and counted in `skipped_examples`.
     """
     keep = list(range(len(examples)))
     skipped = 0

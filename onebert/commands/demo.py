@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "pretrain a small BERT end to end on a built-in corpus (no downloads) and show what it learned"
 DESCRIPTION = (
     "Writes a corpus (the English docstrings of Python's standard library, one document per module, "
@@ -26,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo_run", metavar="DIR", help="where everything is written")
     parser.add_argument("--corpus", nargs="+", metavar="PATH", default=None,
                         help="your own text instead of the built-in corpus")
-    parser.add_argument("--minutes", type=float, default=4.0, help="pretraining time budget")
+    parser.add_argument("--minutes", type=ranges.number(0, 60 * 24 * 366, min_inclusive=False), default=4.0,
+                        help="pretraining time budget")
     parser.add_argument("--model-config", default="mini", metavar="NAME|FILE", help="model preset or config.json")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary to train")
-    parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (small models take a high one)")
+    parser.add_argument("--vocab-size", type=ranges.VOCAB_SIZE, default=8000, help="WordPiece vocabulary to train")
+    parser.add_argument("--max-seq-length", type=ranges.PREPARE_SEQ_LENGTH, default=128)
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32)
+    parser.add_argument("--lr", type=ranges.POSITIVE, default=1e-3,
+                        help="peak learning rate (small models take a high one)")
 
 
 def run(args: argparse.Namespace) -> int:

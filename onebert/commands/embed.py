@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "embed texts (one per line) into sentence vectors saved as .npy"
 DESCRIPTION = (
     "Embed every line of a text file (or stdin with '-') and save a float32 array [lines, hidden] as .npy, "
@@ -21,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the checkpoint's, else mean)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="L2-normalise each vector (default: the checkpoint's, else no)")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="texts per forward pass")
+    parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
                         help="cut texts to this many tokens (default: the model's limit)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")

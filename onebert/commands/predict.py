@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from onebert import ranges
+
 HELP = "predict with a fine-tuned model: JSON lines out, one per input"
 FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "conll", "squad")
 DESCRIPTION = (
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", metavar="FILE|-", help="inputs; - reads stdin (required)")
     parser.add_argument("--output", metavar="FILE|-", default="-", help="JSON lines; - writes stdout")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences per batch")
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification tables: text column")
     parser.add_argument("--text-pair-column", default=None, help="classification tables: second text column")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")

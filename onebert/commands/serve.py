@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "serve a model over HTTP: /predict, /embed, /health, OpenAPI at /docs"
 DESCRIPTION = (
     "Serve a model directory over HTTP (FastAPI + uvicorn). POST /predict runs the model's task "
@@ -17,17 +19,21 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch-size", type=int, default=32, help="items per forward pass")
-    parser.add_argument("--max-latency-ms", type=float, default=10.0,
+    parser.add_argument("--port", type=ranges.PORT, default=8000)
+    parser.add_argument("--max-batch-size", type=ranges.POSITIVE_INT, default=32, help="items per forward pass")
+    parser.add_argument("--max-latency-ms", type=ranges.BATCH_WAIT_MS, default=10.0,
                         help="longest a request waits for others to share its batch")
-    parser.add_argument("--max-queue", type=int, default=256, help="waiting requests per endpoint before 503")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-queue", type=ranges.POSITIVE_INT, default=256,
+                        help="waiting requests per endpoint before 503")
+    parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
                         help="tokens per text (default: the model's limit); longer texts get 422")
-    parser.add_argument("--max-texts", type=int, default=128, help="items per request; more get 413")
-    parser.add_argument("--max-text-chars", type=int, default=100_000, help="characters per text; more get 413")
-    parser.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="request body size; more get 413")
-    parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    parser.add_argument("--max-texts", type=ranges.POSITIVE_INT, default=128, help="items per request; more get 413")
+    parser.add_argument("--max-text-chars", type=ranges.POSITIVE_INT, default=100_000,
+                        help="characters per text; more get 413")
+    parser.add_argument("--max-body-bytes", type=ranges.POSITIVE_INT, default=4 * 2**20,
+                        help="request body size; more get 413")
+    parser.add_argument("--request-timeout", type=ranges.REQUEST_TIMEOUT, default=60.0,
+                        help="seconds before a request gets 504")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "train a WordPiece vocabulary from text files, or show how a tokenizer splits a text"
 DESCRIPTION = """\
 train:  learn a BERT WordPiece vocabulary from plain-text files (UTF-8, optionally .gz) and write
@@ -21,14 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--input", nargs="+", required=True, metavar="FILE",
                        help="text files (UTF-8; .gz is decompressed); every line is text to learn from")
     train.add_argument("--output", required=True, metavar="DIR", help="directory to write the tokenizer to")
-    train.add_argument("--vocab-size", type=int, default=30522, help="number of tokens, special tokens included")
+    train.add_argument("--vocab-size", type=ranges.VOCAB_SIZE, default=30522,
+                       help="number of tokens, special tokens included")
     train.add_argument("--cased", action="store_true",
                        help="keep case and accents (default: lower-case and strip accents, as BERT uncased)")
-    train.add_argument("--min-frequency", type=int, default=2,
+    train.add_argument("--min-frequency", type=ranges.NON_NEGATIVE_INT, default=2,
                        help="a merged piece must occur this often in the corpus to enter the vocabulary")
-    train.add_argument("--limit-alphabet", type=int, default=1000,
+    train.add_argument("--limit-alphabet", type=ranges.POSITIVE_INT, default=1000,
                        help="keep at most this many distinct characters; rarer ones become [UNK]")
-    train.add_argument("--model-max-length", type=int, default=512,
+    train.add_argument("--model-max-length", type=ranges.integer(ranges.MIN_TEXT_TOKENS, 10**6 - 1), default=512,
                        help="longest input the model will take, written to tokenizer_config.json")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -38,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer or model directory (tokenizer.json or vocab.txt)")
     encode.add_argument("text", help="the text (first segment)")
     encode.add_argument("pair", nargs="?", default=None, help="optional second segment")
-    encode.add_argument("--max-length", type=int, default=None,
+    encode.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
                         help="truncate (longest segment first) to this many tokens; default: the tokenizer's limit")
 
 
@@ -73,8 +76,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from onebert.errors import OneBertError
     from onebert.tokenizer import Tokenizer
 
+    if args.pair is not None and args.max_length is not None and args.max_length < ranges.MIN_PAIR_TOKENS:
+        raise OneBertError(f"--max-length {args.max_length}: a text pair needs at least {ranges.MIN_PAIR_TOKENS} "
+                           "tokens ([CLS] A [SEP] B [SEP], one token of each text)")
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None)
     ids, types = batch["input_ids"][0], batch["token_type_ids"][0]

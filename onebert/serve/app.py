@@ -55,8 +55,10 @@ class ServeSettings:
         for name in ("max_batch_size", "max_queue", "max_texts", "max_text_chars", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise OneBertError(f"serve: {name} must be positive, got {getattr(self, name)}")
-        if self.max_latency_ms < 0 or self.request_timeout_s <= 0:
-            raise OneBertError("serve: max_latency_ms must be >= 0 and request_timeout_s > 0")
+        from onebert import ranges  # the ranges `onebert serve` declares: nan/inf would hang or 504 every request
+
+        ranges.BATCH_WAIT_MS.range.check(self.max_latency_ms, "serve: max_latency_ms")
+        ranges.REQUEST_TIMEOUT.range.check(self.request_timeout_s, "serve: request_timeout_s")
         if self.max_length is not None and self.max_length < 2:
             raise OneBertError(f"serve: max_length must be at least 2 ([CLS] and [SEP]), got {self.max_length}")
 

@@ -242,7 +242,7 @@ def test_best_directory_holds_the_step_with_the_best_validation_metric(runs, nam
 def test_a_worse_validation_score_never_replaces_the_best_model(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from onebert.data.tasks import TextExample
+    from onebert.tasks.readers import TextExample
     from onebert.model import BertForSequenceClassification
     from onebert.model.config import BertConfig
     from onebert.predict import TaskSpec, load_tokenizer
@@ -312,7 +312,7 @@ def test_length_grouped_batches_resume_mid_epoch_and_split_a_global_batch_across
 
 
 def test_ner_accumulation_normalises_by_the_labelled_tokens_of_the_whole_step(tiny_model):
-    from onebert.data.tasks import read_conll
+    from onebert.tasks.readers import read_conll
     from onebert.model import BertForTokenClassification
     from onebert.model.config import BertConfig
     from onebert.predict import TaskSpec, load_tokenizer
@@ -479,9 +479,9 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(case, tmp_path, tiny_mod
 def test_qa_trains_on_random_batches_classification_on_length_grouped_ones(tiny_model):
     """Why random for QA: the questions on one paragraph have nearly the same length, so length-grouped batches
     would each hold one paragraph's questions (correlated gradients; 1.6 F1 on SQuAD v1.1, BENCHMARKS.md)."""
-    from onebert.data.tasks import QAExample, SquadAnswer, TextExample
     from onebert.model.config import BertConfig
     from onebert.predict import TaskSpec, load_tokenizer
+    from onebert.tasks.readers import QAExample, SquadAnswer, TextExample
     from onebert.train.finetuning import FineTuningTask
 
     config = BertConfig.load(tiny_model)

@@ -252,7 +252,7 @@ def line_of(source: str) -> int:
 
 # ----------------------------------------------------------------------------- classification tables
 
-from onebert.data.tasks import (build_label_list, label_ids, read_classification, read_conll,  # noqa: E402
+from onebert.tasks.readers import (build_label_list, label_ids, read_classification, read_conll,  # noqa: E402
                                 read_squad)
 
 TSV_SEEDS = [
@@ -301,7 +301,7 @@ def check_labels(examples) -> None:
 def test_tsv_reader_parses_or_refuses_and_accounts_for_every_line(work, data):
     path = work / "fuzz.tsv"
     path.write_bytes(data)
-    with captured_warnings("onebert.data.tasks") as warnings:
+    with captured_warnings("onebert.tasks.readers") as warnings:
         examples = parse_or_refuse("classification TSV", lambda: read_classification(path), path)
     if examples is not None:
         check_tsv(data, examples, warnings)
@@ -313,7 +313,7 @@ def test_tsv_reader_parses_or_refuses_and_accounts_for_every_line(work, data):
 def test_csv_reader_parses_or_refuses_and_accounts_for_every_record(work, data):
     path = work / "fuzz.csv"
     path.write_bytes(data)
-    with captured_warnings("onebert.data.tasks") as warnings:
+    with captured_warnings("onebert.tasks.readers") as warnings:
         examples = parse_or_refuse("classification CSV", lambda: read_classification(path), path)
     if examples is None:
         return

@@ -14,7 +14,7 @@ import pytest
 from tiny_finetune import make_tiny_model, write_pairs, write_squad
 
 from onebert.cli import main
-from onebert.data.tasks import read_classification, read_squad
+from onebert.tasks.readers import read_classification, read_squad
 from onebert.errors import OneBertError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from onebert.data.tasks import iob1_to_iob2, read_conll
+from onebert.tasks.readers import iob1_to_iob2, read_conll
 from onebert.tasks.metrics import (accuracy, average_ranks, classification_metrics, entity_scores, f1_score,
                                    find_best_threshold, get_entities, matthews_corrcoef, normalize_answer, pearson,
                                    precision_recall_f1, regression_metrics, spearman, squad_metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onebert.data.tasks import NerExample, read_conll
+from onebert.tasks.readers import NerExample, read_conll
 from onebert.tasks import IGNORE_INDEX, collate
 from onebert.tasks.ner import build_tag_list, decode_ner, evaluate_ner, ner_features
 

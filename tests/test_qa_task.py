@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 
-from onebert.data.tasks import QAExample, SquadAnswer, read_squad
+from onebert.tasks.readers import QAExample, SquadAnswer, read_squad
 from onebert.tasks.metrics import normalize_answer
 from onebert.tasks.qa import (apply_null_threshold, decode_qa, evaluate_qa, qa_features, tune_null_threshold)
 

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from onebert.data.tasks import (TextExample, build_label_list, label_ids, looks_like_regression,
+from onebert.tasks.readers import (TextExample, build_label_list, label_ids, looks_like_regression,
                                 read_classification, read_conll, read_squad, regression_targets)
 from onebert.errors import OneBertError
 from onebert.tasks.metrics import get_entities
@@ -260,7 +260,7 @@ def test_squad_misaligned_answers_are_moved_when_close_else_counted(tmp_path, ca
     ]
     path = tmp_path / "a.json"
     path.write_text(_squad([_article([{"context": CONTEXT, "qas": qas}])]))
-    with caplog.at_level(logging.WARNING, logger="onebert.data.tasks"):
+    with caplog.at_level(logging.WARNING, logger="onebert.tasks.readers"):
         examples = {e.id: e for e in read_squad(path)}
     assert examples["near"].training_answer.start == 24  # found 3 characters away and moved
     assert examples["far"].training_answer is None and examples["far"].answer_texts == ["Vikings"]

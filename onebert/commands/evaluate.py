@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     predictor.progress = True
     spec = predictor.spec
     if args.null_threshold is not None:
-        if spec.task != "qa":
+        if "null_threshold" not in spec.handler.metadata():
             raise OneBertError("--null-threshold applies to qa models only")
         predictor.spec = dataclasses.replace(spec, null_threshold=args.null_threshold)
     examples = read_labelled(spec, args.data, args)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise OneBertError("--plots needs onebert.eval_plots, which this installation lacks")
         from onebert.eval_plots import plot_evaluation
 
-        if spec.task == "qa" or spec.regression:
+        if not spec.handler.plots:
             raise OneBertError("--plots draws classification (confusion matrix) and ner (per-entity) results only")
         result["plots"] = [str(p) for p in plot_evaluation(metrics, args.plots)]
     print(format_table(result, seconds), file=sys.stderr)
@@ -82,13 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_labelled(spec, path: str, args: argparse.Namespace) -> list[Any]:
-    from onebert.data.tasks import read_classification, read_conll, read_squad
-
-    if spec.task == "classification":
-        return read_classification(path, **columns(spec, args))
-    if spec.task == "ner":
-        return read_conll(path)
-    return read_squad(path)
+    return spec.handler.read(path, columns(spec, args))
 
 
 def columns(spec, args: argparse.Namespace) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Data for pretraining (and the task readers in `onebert.data.tasks`).
+"""Data for pretraining (the fine-tuning readers are in `onebert.tasks.readers`).
 
 Pretraining data flows through five small modules:
 

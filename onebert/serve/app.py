@@ -46,8 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onebert.errors import OneBertError
 from onebert.serve.batching import DynamicBatcher, QueueFull, raise_if_abandoned
-
-TASKS = ("classification", "ner", "qa")
+from onebert.tasks import TASKS, get_task
 
 
 @dataclass
@@ -482,39 +481,53 @@ def create_app(model_dir: str | os.PathLike, settings: ServeSettings | None = No
 
 def _add_predict_route(app: FastAPI, task: str, batcher: DynamicBatcher, check_count, check_chars, check_tokens,
                        check_windows, run_batched) -> None:
-    if task == "classification":
-        @app.post("/predict", response_model=ClassificationResponse, response_model_exclude_none=True,
-                  responses=_ERRORS, summary="labels and class probabilities for texts or sentence pairs")
-        async def predict_classification(request: TextsOrPairsRequest, http: Request) -> dict[str, Any]:
-            items = list(request.texts)
-            check_count(len(items))
-            rows = [(item,) if isinstance(item, str) else tuple(item) for item in items]
-            check_chars([(("texts", i, j) if len(row) == 2 else ("texts", i), text)
-                         for i, row in enumerate(rows) for j, text in enumerate(row)])
-            check_tokens(rows, "texts")
-            cost = check_windows(items)
-            return {"predictions": await run_batched(batcher, items, http, cost)}
+    """/predict with the request body of the task's kind (`Task.serve_request`)."""
+    _PREDICT_ROUTES[get_task(task).serve_request](app, batcher, check_count, check_chars, check_tokens, check_windows,
+                                                   run_batched)
 
-    elif task == "ner":
-        @app.post("/predict", response_model=NERResponse, responses=_ERRORS,
-                  summary="named entities (spans with character offsets) for each text")
-        async def predict_ner(request: TextsRequest, http: Request) -> dict[str, Any]:
-            check_count(len(request.texts))
-            check_chars([(("texts", i), text) for i, text in enumerate(request.texts)])
-            cost = check_windows(list(request.texts))
-            return {"predictions": await run_batched(batcher, list(request.texts), http, cost)}
 
-    else:
-        @app.post("/predict", response_model=QAResponse, responses=_ERRORS,
-                  summary="extractive answers: one {question, context} object or a list of them")
-        async def predict_qa(request: Annotated[QARequestBody, Body()], http: Request) -> dict[str, Any]:
-            questions = [request] if isinstance(request, QuestionRequest) else list(request)
-            check_count(len(questions))
-            check_chars([(("body", i, key), getattr(q, key)) for i, q in enumerate(questions)
-                         for key in ("question", "context")])
-            items = [{"question": q.question, "context": q.context} for q in questions]
-            cost = check_windows(items)
-            return {"predictions": await run_batched(batcher, items, http, cost)}
+def _texts_or_pairs_route(app: FastAPI, batcher: DynamicBatcher, check_count, check_chars, check_tokens,
+                          check_windows, run_batched) -> None:
+    @app.post("/predict", response_model=ClassificationResponse, response_model_exclude_none=True,
+              responses=_ERRORS, summary="labels and class probabilities for texts or sentence pairs")
+    async def predict_classification(request: TextsOrPairsRequest, http: Request) -> dict[str, Any]:
+        items = list(request.texts)
+        check_count(len(items))
+        rows = [(item,) if isinstance(item, str) else tuple(item) for item in items]
+        check_chars([(("texts", i, j) if len(row) == 2 else ("texts", i), text)
+                     for i, row in enumerate(rows) for j, text in enumerate(row)])
+        check_tokens(rows, "texts")
+        cost = check_windows(items)
+        return {"predictions": await run_batched(batcher, items, http, cost)}
+
+
+def _texts_route(app: FastAPI, batcher: DynamicBatcher, check_count, check_chars, check_tokens, check_windows,
+                 run_batched) -> None:
+    @app.post("/predict", response_model=NERResponse, responses=_ERRORS,
+              summary="named entities (spans with character offsets) for each text")
+    async def predict_ner(request: TextsRequest, http: Request) -> dict[str, Any]:
+        check_count(len(request.texts))
+        check_chars([(("texts", i), text) for i, text in enumerate(request.texts)])
+        cost = check_windows(list(request.texts))
+        return {"predictions": await run_batched(batcher, list(request.texts), http, cost)}
+
+
+def _questions_route(app: FastAPI, batcher: DynamicBatcher, check_count, check_chars, check_tokens,
+                     check_windows, run_batched) -> None:
+    @app.post("/predict", response_model=QAResponse, responses=_ERRORS,
+              summary="extractive answers: one {question, context} object or a list of them")
+    async def predict_qa(request: Annotated[QARequestBody, Body()], http: Request) -> dict[str, Any]:
+        questions = [request] if isinstance(request, QuestionRequest) else list(request)
+        check_count(len(questions))
+        check_chars([(("body", i, key), getattr(q, key)) for i, q in enumerate(questions)
+                     for key in ("question", "context")])
+        items = [{"question": q.question, "context": q.context} for q in questions]
+        cost = check_windows(items)
+        return {"predictions": await run_batched(batcher, items, http, cost)}
+
+
+# Keyed by `Task.serve_request`: a new task picks the body it takes, or adds one here.
+_PREDICT_ROUTES = {"texts_or_pairs": _texts_or_pairs_route, "texts": _texts_route, "questions": _questions_route}
 
 
 async def _client_gone(http: Request) -> None:

@@ -16,14 +16,17 @@ cut is counted in `NerFeatures.cut_words`. A word the tokenizer turns into no pi
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from onebert.data.tasks import NerExample
+from onebert.tasks.readers import NerExample
 from onebert.errors import OneBertError
-from onebert.tasks import IGNORE_INDEX, Features, logit_rows
+from onebert.tasks.base import Task, kind_of, text_lines
+from onebert.tasks.features import IGNORE_INDEX, Features, logit_rows
 from onebert.tasks.metrics import entity_scores, get_entities
 
 logger = logging.getLogger(__name__)
@@ -189,3 +192,148 @@ def evaluate_ner(predictions: Sequence[NerPrediction], examples: Sequence[NerExa
             raise OneBertError(f"{example.source}: no tags to evaluate against")
         gold.append(example.tags)
     return entity_scores(gold, [p.tags for p in predictions])
+
+
+_TAG = re.compile(r"^(O|[BIES]-\S+)$")
+
+
+def looks_like_conll(path: Path) -> bool:
+    """-DOCSTART- lines, or token lines whose last column is a tag: a CoNLL file, not lines of text."""
+    from onebert.tasks.readers import read_text_file
+
+    lines = [line for line in read_text_file(path).split("\n")[:200] if line.strip()]
+    if any(line.startswith("-DOCSTART-") for line in lines):
+        return True
+    fields = [line.split() for line in lines[:50]]
+    return bool(fields) and all(len(f) >= 2 and _TAG.match(f[-1]) for f in fields) \
+        and len({len(f) for f in fields}) == 1
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words of a raw text as BERT splits them (whitespace, then punctuation: CoNLL-like tokens), with
+    their character spans in the text."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    pieces = BertPreTokenizer().pre_tokenize_str(text)
+    return [word for word, _ in pieces], [span for _, span in pieces]
+
+
+def joined_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Pre-split words (CoNLL input) as one text with single spaces, and each word's span in it."""
+    spans, position = [], 0
+    for word in words:
+        spans.append((position, position + len(word)))
+        position += len(word) + 1
+    return " ".join(words), spans
+
+
+def entity_records(prediction: NerPrediction, words: Sequence[str], text: str,
+                   spans: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Entities with character offsets into `text`; spans[i] = (start, end) of word i in it."""
+    records = []
+    for entity in prediction.entities(words):
+        start, end = spans[entity["start"]][0], spans[entity["end"] - 1][1]
+        records.append({"entity": entity["type"], "word": text[start:end], "start": start, "end": end,
+                        "score": entity["score"]})
+    return records
+
+
+class NerTask(Task):
+    """A tag per word (CoNLL-2003): entity-level precision / recall / F1 (conlleval)."""
+
+    name = "ner"
+    model_class_name = "BertForTokenClassification"
+    metrics = ("f1", "precision", "recall", "accuracy")
+    # No length grouping: NER's loss is a mean over the batch's labelled tokens, so in length-grouped batches
+    # a token of a short sentence would weigh several times one of a long sentence (2.6 F1 on CoNLL-2003;
+    # see BENCHMARKS.md). Its batches are random (a mega-batch of one batch).
+    group_size = 1
+    example_unit = "sentences"
+    input_formats = ("text", "conll")
+    plots = True
+
+    def describe(self) -> str:
+        return f"{len(self.spec.labels)} tags"
+
+    @classmethod
+    def training_spec(cls, args, train_examples, validation_examples, max_seq_length, log=print):
+
+        tags = build_tag_list(train_examples)
+        unseen = sorted({t for e in validation_examples or () for t in e.tags or () if t not in tags})
+        if unseen:
+            log(f"note: {args.validation}: tags {', '.join(unseen)} do not occur in {args.train}; the model "
+                "cannot predict them")
+        return dict(labels=tags, max_seq_length=max_seq_length)
+
+    def read(self, path, columns=None) -> list[NerExample]:
+        from onebert.tasks.readers import read_conll
+
+        return read_conll(path)
+
+    def features(self, tokenizer, examples, with_labels: bool) -> NerFeatures:
+        return ner_features(tokenizer, examples, max_seq_length=self.spec.max_seq_length, tag_list=self.spec.labels,
+                            with_labels=with_labels)
+
+    # The mean loss is over labelled tokens (first pieces of words), so batches count them.
+    def loss_count_key(self) -> str:
+        return "labelled"
+
+    def loss_count(self, batch) -> int:
+        return batch["num_labelled"]
+
+    def batch_counts(self, batch) -> None:
+        batch["num_labelled"] = int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def training_stats(self, out, batch):
+        import torch
+
+        labels = batch["labels"]
+        return {"correct": ((out.logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum(),
+                "predicted": torch.full((), float(batch["num_labelled"]), device=out.logits.device)}
+
+    def decode(self, outputs, features, examples) -> list[NerPrediction]:
+        return decode_ner(outputs.get("logits", []), features, examples, self.spec.labels)
+
+    def score(self, predictions, examples) -> dict[str, Any]:
+        return evaluate_ner(predictions, examples)
+
+    def guess_format(self, path: Path, stdin: bool) -> str:
+        if path.suffix.lower() in (".conll", ".iob", ".iob2", ".bio", ".conllu"):
+            return "conll"
+        return "conll" if looks_like_conll(path) else "text"
+
+    def predict_records(self, predict, path, fmt, columns) -> list[dict[str, Any]]:
+        from onebert.tasks.readers import read_conll
+
+        if fmt == "conll":
+            examples = read_conll(path, labelled=False)
+            texts = [joined_words(e.words) for e in examples]
+        else:
+            texts, examples = [], []
+            for n, line in enumerate(text_lines(path), 1):
+                words, spans = split_words(line)
+                texts.append((line, spans))
+                examples.append(NerExample(words=words, source=f"{path}: line {n}"))
+        filled = [i for i, e in enumerate(examples) if e.words]
+        predictions = dict(zip(filled, predict([examples[i] for i in filled])))
+        records = []
+        for i, (example, (text, spans)) in enumerate(zip(examples, texts)):
+            prediction = predictions.get(i)
+            records.append({"text": text, "words": example.words, "tags": prediction.tags if prediction else [],
+                            "entities": entity_records(prediction, example.words, text, spans) if prediction else []})
+        return records
+
+    def pipeline_outputs(self, predict, items) -> list[list[dict[str, Any]]]:
+        split = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise OneBertError(f"input {i}: expected a text, got {kind_of(item)}")
+            split.append(split_words(item))
+        examples = [NerExample(words=words, source=f"input {i}") for i, (words, _) in enumerate(split)]
+        # A text without words (empty, only spaces) has no entities and needs no model call.
+        filled = [i for i, example in enumerate(examples) if example.words]
+        outputs: list[list[dict[str, Any]]] = [[] for _ in items]
+        for i, prediction in zip(filled, predict([examples[i] for i in filled])):
+            words, spans = split[i]
+            outputs[i] = entity_records(prediction, words, items[i], spans)
+        return outputs

@@ -24,12 +24,15 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from onebert.data.tasks import QAExample
-from onebert.tasks import Features, logit_rows
+from onebert.tasks.readers import QAExample
+from onebert.errors import OneBertError
+from onebert.tasks.base import Task, kind_of
+from onebert.tasks.features import Features, logit_rows
 from onebert.tasks.metrics import squad_metrics
 
 logger = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ def qa_features(tokenizer, examples: Sequence[QAExample], max_seq_length: int = 
     """Windows of every example; with training=True also start_positions / end_positions.
 
     In training, an answerable question whose answers are all unaligned (see
-    `onebert.data.tasks.read_squad`) is skipped and counted in `skipped_examples`.
+    `onebert.tasks.readers.read_squad`) is skipped and counted in `skipped_examples`.
     """
     keep = list(range(len(examples)))
     skipped = 0
@@ -239,3 +242,142 @@ def evaluate_qa(predictions: Sequence[QAPrediction], examples: Sequence[QAExampl
     non_null = {p.id: (p.best_non_null.text if p.best_non_null else "") for p in predictions}
     no_answer = {p.id: p.null_score_diff for p in predictions}
     return squad_metrics(answers, gold, no_answer_scores=no_answer, best_non_null=non_null, version="2.0")
+
+
+def answer_record(prediction: QAPrediction) -> dict[str, Any]:
+    """The chosen answer and its probability among the n-best candidates ("" / -1 for no answer)."""
+    chosen = next((span for span in prediction.n_best if (span.start, span.end) == (prediction.start, prediction.end)),
+                  None)
+    return {"answer": prediction.text, "start": prediction.start, "end": prediction.end,
+            "score": chosen.probability if chosen is not None else 0.0}
+
+
+def read_questions(path: Path, fmt: str) -> list[QAExample]:
+    """SQuAD JSON (answers optional), or JSON lines of {"question", "context"[, "id"]}."""
+    import json
+
+    from onebert.data.text_input import refuse_lone_surrogates
+    from onebert.tasks.readers import read_squad, read_text_file
+
+    if fmt == "squad":
+        return read_squad(path, labelled=False)
+    examples = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(read_text_file(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
+            raise OneBertError(f"{path}: line {number}: invalid JSON ({reason})") from None
+        if not isinstance(record, dict):
+            raise OneBertError(f"{path}: line {number}: expected an object with question and context")
+        refuse_lone_surrogates(record, f"{path}: line {number}", line)
+        for key in ("question", "context"):
+            if not isinstance(record.get(key), str):
+                raise OneBertError(f"{path}: line {number}: field {key!r} must be a string")
+        qid = record.get("id", str(len(examples)))
+        if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+            raise OneBertError(f"{path}: line {number}: field 'id' must be a string or an integer")
+        qid = str(qid)
+        if qid in seen:
+            raise OneBertError(f"{path}: line {number}: duplicate id {qid!r} (also on line {seen[qid]})")
+        seen[qid] = number
+        examples.append(QAExample(id=qid, question=record["question"], context=record["context"],
+                                  source=f"{path}: line {number}"))
+    if not examples:
+        raise OneBertError(f"{path}: no questions")
+    return examples
+
+
+class QATask(Task):
+    """Extractive question answering (SQuAD v1.1 / v2.0): an answer span of the context, or none."""
+
+    name = "qa"
+    model_class_name = "BertForQuestionAnswering"
+    default_max_seq_length = 384
+    metrics = ("f1", "exact_match")
+    # No length grouping: every question on one paragraph has about the same length, so length-grouped
+    # batches are one paragraph's questions, correlated gradients (1.6 F1 on SQuAD v1.1; see BENCHMARKS.md).
+    # Its batches are random (a mega-batch of one batch).
+    group_size = 1
+    example_unit = "questions"
+    options = ("doc_stride", "max_query_length", "max_answer_length", "n_best_size", "version_2_with_negative")
+    input_formats = ("squad", "jsonl")
+    serve_request = "questions"
+
+    @classmethod
+    def labels_from_config(cls, config) -> None:
+        return None
+
+    def config_changes(self) -> dict[str, Any]:
+        return {"num_labels": 2, "id2label": None, "problem_type": None}
+
+    def metadata(self) -> dict[str, Any]:
+        spec = self.spec
+        return dict(doc_stride=spec.doc_stride, max_query_length=spec.max_query_length, version_2=spec.version_2,
+                    null_threshold=spec.null_threshold, n_best_size=spec.n_best_size,
+                    max_answer_length=spec.max_answer_length)
+
+    def describe(self) -> str:
+        return f"SQuAD v{'2.0' if self.spec.version_2 else '1.1'}"
+
+    def run_notes(self) -> dict[str, Any]:
+        return {"squad_version": "2.0" if self.spec.version_2 else "1.1"}
+
+    @classmethod
+    def training_spec(cls, args, train_examples, validation_examples, max_seq_length, log=print):
+
+        version_2 = args.version_2_with_negative or any(e.is_impossible for e in train_examples)
+        if max_seq_length <= args.doc_stride + 2:
+            raise OneBertError(f"--doc-stride {args.doc_stride} must be smaller than --max-seq-length "
+                               f"{max_seq_length} minus the question")
+        return dict(max_seq_length=max_seq_length, doc_stride=args.doc_stride,
+                        max_query_length=args.max_query_length, version_2=version_2,
+                        n_best_size=args.n_best_size, max_answer_length=args.max_answer_length)
+
+    def read(self, path, columns=None) -> list[QAExample]:
+        from onebert.tasks.readers import read_squad
+
+        return read_squad(path)
+
+    def features(self, tokenizer, examples, with_labels: bool) -> QAFeatures:
+        spec = self.spec
+        return qa_features(tokenizer, examples, max_seq_length=spec.max_seq_length, doc_stride=spec.doc_stride,
+                           max_query_length=spec.max_query_length, training=with_labels)
+
+    def tune_on_validation(self, predictions, examples):
+        """SQuAD v2.0: the null-answer threshold that maximises F1 here, and the answers under it."""
+        if not self.spec.version_2:
+            return predictions, {}
+        threshold, _ = tune_null_threshold(predictions, examples, metric="f1")
+        return apply_null_threshold(predictions, threshold), {"null_threshold": threshold}
+
+    def decode(self, outputs, features, examples) -> list[QAPrediction]:
+        spec = self.spec
+        return decode_qa(outputs.get("start_logits", []), outputs.get("end_logits", []), features, examples,
+                         n_best_size=spec.n_best_size, max_answer_length=spec.max_answer_length,
+                         version_2=spec.version_2, null_threshold=spec.null_threshold)
+
+    def score(self, predictions, examples) -> dict[str, Any]:
+        return evaluate_qa(predictions, examples, version_2=True if self.spec.version_2 else None)
+
+    def guess_format(self, path: Path, stdin: bool) -> str:
+        return "squad" if path.suffix.lower() == ".json" else "jsonl"
+
+    def predict_records(self, predict, path, fmt, columns) -> list[dict[str, Any]]:
+        return [{"id": p.id, **answer_record(p)} for p in predict(read_questions(path, fmt))]
+
+    def is_single_input(self, inputs) -> bool:
+        return isinstance(inputs, (str, dict))
+
+    def pipeline_outputs(self, predict, items) -> list[dict[str, Any]]:
+        examples = []
+        for i, item in enumerate(items):
+            if not (isinstance(item, dict) and isinstance(item.get("question"), str)
+                    and isinstance(item.get("context"), str)):
+                raise OneBertError(f"input {i}: expected {{'question': str, 'context': str}}, got {kind_of(item)}")
+            examples.append(QAExample(id=str(i), question=item["question"], context=item["context"],
+                                      source=f"input {i}"))
+        return [answer_record(p) for p in predict(examples)]

@@ -1,8 +1,8 @@
 """Fine-tuning as the training loop sees it: classification/regression, NER and QA on labelled examples.
 
 Batches. Each epoch is a seeded permutation of the training rows, cut into "mega-batches" of
-`group_size` global batches (50 for classification; 1, i.e. plain random batches, for NER and QA: see
-FineTuningTask); inside one, rows are sorted by length and cut into global batches, and the batches
+`group_size` global batches (the Task's `group_size`: 50 for classification; 1, i.e. plain random
+batches, for NER and QA, each task says why); inside one, rows are sorted by length and cut into global batches, and the batches
 of the whole epoch are then shuffled (transformers' LengthGroupedSampler, with the batch order
 shuffled as well). Batches hold rows of similar length, so little padding is computed,
 while every epoch still sees every row once in a new order. A global batch is dealt out to the ranks
@@ -34,10 +34,10 @@ from torch import nn
 
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_directory
-from onebert.model.config import IGNORE_INDEX
 from onebert.model.flops import training_flops
-from onebert.predict import LOWER_IS_BETTER, TaskSpec, decode, encode, forward, score
-from onebert.tasks import collate
+from onebert.predict import forward
+from onebert.tasks import collate, get_task
+from onebert.tasks.spec import TaskSpec
 from onebert.train.distributed import DistContext
 from onebert.train.loop import Batch, TrainingTask
 
@@ -160,6 +160,7 @@ class FineTuningTask(TrainingTask):
                  metric: str | None = None, rank: int = 0, world_size: int = 1, best_value: float | None = None,
                  log=print):
         self.spec = spec
+        self.task = spec.handler
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -167,21 +168,15 @@ class FineTuningTask(TrainingTask):
         self.log = log
         self.metric = metric or spec.default_metric
         if self.metric not in spec.selection_metrics():
-            raise OneBertError(f"--metric {self.metric} is not a {'regression' if spec.regression else spec.task} "
+            raise OneBertError(f"--metric {self.metric} is not a {spec.task} "
                                f"metric; use one of {', '.join(spec.selection_metrics())}")
-        self.features = encode(spec, tokenizer, train_examples, with_labels=True)
+        self.features = self.task.features(tokenizer, train_examples, with_labels=True)
         if len(self.features) == 0:
             raise OneBertError("no training rows after feature extraction")
-        # Length grouping is for sentence classification only. NER's loss is a mean over the batch's labelled
-        # tokens: in length-grouped batches a token of a short sentence would weigh several times one of a long
-        # sentence (2.6 F1 on CoNLL-2003). In QA every question on one paragraph has about the same length, so
-        # length-grouped batches are one paragraph's questions, correlated gradients (1.6 F1 on SQuAD v1.1); see
-        # BENCHMARKS.md. Their batches are random (a mega-batch of one batch).
-        group_size = 1 if spec.task in ("ner", "qa") else 50
         self.sampler = LengthGroupedBatches(self.features.lengths(), batch_size, seed=seed, rank=rank,
-                                            world_size=world_size, group_size=group_size)
+                                            world_size=world_size, group_size=self.task.group_size)
         self.validation = list(validation_examples) if validation_examples is not None else None
-        self.validation_features = (encode(spec, tokenizer, self.validation, with_labels=False)
+        self.validation_features = (self.task.features(tokenizer, self.validation, with_labels=False)
                                     if self.validation else None)
         self.best_value = best_value
         self.best_step: int | None = None
@@ -193,8 +188,7 @@ class FineTuningTask(TrainingTask):
         pad = self.tokenizer.pad_token_id
         for rows in self.sampler:
             batch = collate([self.features[i] for i in rows], pad)
-            if self.spec.task == "ner":
-                batch["num_labelled"] = int((batch["labels"] != IGNORE_INDEX).sum())
+            self.task.batch_counts(batch)
             yield batch
 
     def data_state(self) -> dict[str, Any]:
@@ -207,7 +201,7 @@ class FineTuningTask(TrainingTask):
         lengths = batch["attention_mask"].sum(dim=1)
         counts = {"sequences": float(len(lengths)), "tokens": float(lengths.sum()),
                   "flops": training_flops(self.model_config, lengths, 0)}
-        if self.spec.task == "ner":
+        if "num_labelled" in batch:
             counts["labelled"] = float(batch["num_labelled"])
         return counts
 
@@ -217,19 +211,13 @@ class FineTuningTask(TrainingTask):
         out = model(**inputs)
         # The model's loss is a mean over this micro-batch's sequences (labelled tokens for NER):
         # times its count over the global total it becomes its share of the global batch's mean.
-        count = batch["num_labelled"] if self.spec.task == "ner" else batch["input_ids"].shape[0]
-        total = totals["labelled" if self.spec.task == "ner" else "sequences"]
+        count = self.task.loss_count(batch)
+        total = totals[self.task.loss_count_key()]
         total = total.clamp(min=1.0) if isinstance(total, torch.Tensor) else max(total, 1.0)
         device = out.loss.device
         stats = {"loss_sum": out.loss.detach().float() * count,
                  "loss_count": torch.full((), float(count), device=device)}
-        if self.spec.task == "classification" and not self.spec.regression:
-            stats["correct"] = (out.logits.argmax(-1) == batch["labels"]).sum()
-            stats["predicted"] = torch.full((), float(batch["labels"].numel()), device=device)
-        elif self.spec.task == "ner":
-            labels = batch["labels"]
-            stats["correct"] = ((out.logits.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum()
-            stats["predicted"] = torch.full((), float(count), device=device)
+        stats.update(self.task.training_stats(out, batch))
         return out.loss * (count / total), stats
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
@@ -249,16 +237,9 @@ class FineTuningTask(TrainingTask):
             return None
         outputs = forward(model, self.validation_features, batch_size=self.eval_batch_size, device=device,
                           autocast=autocast, pad_token_id=self.tokenizer.pad_token_id)
-        predictions = decode(self.spec, outputs, self.validation_features, self.validation)
-        spec = self.spec
-        extra: dict[str, float] = {}
-        if spec.task == "qa" and spec.version_2:
-            from onebert.tasks.qa import apply_null_threshold, tune_null_threshold
-
-            threshold, _ = tune_null_threshold(predictions, self.validation, metric="f1")
-            predictions = apply_null_threshold(predictions, threshold)
-            extra["null_threshold"] = threshold
-        metrics = {k: v for k, v in flatten_metrics(score(spec, predictions, self.validation)).items()
+        predictions = self.task.decode(outputs, self.validation_features, self.validation)
+        predictions, extra = self.task.tune_on_validation(predictions, self.validation)
+        metrics = {k: v for k, v in flatten_metrics(self.task.score(predictions, self.validation)).items()
                    if _reported(k)}
         metrics.update(extra)
         if not dist.is_main:
@@ -272,7 +253,7 @@ class FineTuningTask(TrainingTask):
         if "null_threshold" in metrics:
             self.last_threshold = metrics["null_threshold"]
         better = (self.best_value is None or
-                  (value < self.best_value if self.metric in LOWER_IS_BETTER else value > self.best_value))
+                  (value < self.best_value if self.metric in self.task.lower_is_better else value > self.best_value))
         if not better:
             return
         previous = self.best_value
@@ -291,3 +272,95 @@ class FineTuningTask(TrainingTask):
     def save_final(self, model: nn.Module, directory: Path) -> None:
         """The last step's model, with the threshold of its last validation (HuggingFace layout + tokenizer)."""
         save_model_dir(model, self.tokenizer, self._spec_now(), Path(directory))
+
+
+def finetune(args) -> int:
+    """`onebert finetune` once its options are checked: model, data, spec, the loop; 130 when interrupted."""
+    import math
+
+    from onebert.config import BertConfig
+    from onebert.predict import load_tokenizer, model_class, resolve_model_dir
+    from onebert.train import precision as prec
+    from onebert.train.distributed import init_distributed, shutdown
+    from onebert.train.loop import TrainConfig, train
+
+    output = Path(args.output)
+    # ---- model directory, tokenizer, data: all checked before anything is written
+    model_dir = resolve_model_dir(args.model)
+    base_config = BertConfig.load(model_dir)
+    tokenizer = load_tokenizer(model_dir, base_config)
+    max_seq_length = args.max_seq_length or min(get_task(args.task).default_max_seq_length,
+                                                 base_config.max_position_embeddings)
+    if not 3 <= max_seq_length <= base_config.max_position_embeddings:
+        raise OneBertError(f"--max-seq-length must be in 3..{base_config.max_position_embeddings} (the model's "
+                           f"positions), got {max_seq_length}")
+    train_examples, validation_examples, spec = read_training_data(args, max_seq_length)
+
+    loop_config = TrainConfig(
+        output_dir=args.output, max_steps=1, grad_accum=args.grad_accum, lr=args.lr,
+        warmup_steps=args.warmup_steps, warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio,
+        schedule=args.schedule, weight_decay=args.weight_decay, adam_eps=args.adam_eps,
+        max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed,
+        save_every=args.save_every, keep_last=args.keep_last,
+        log_every=args.log_every, resume=args.resume, precision=args.precision, compile=args.compile,
+        device=args.device)
+    loop_config.validate()
+
+    dist = init_distributed(prec.device_type(args.device))
+    say = print if dist.is_main else (lambda *a, **k: None)
+    try:
+        best = read_best(output, args.metric or spec.default_metric) if args.resume is not None else None
+        task = FineTuningTask(spec, base_config, tokenizer, train_examples, args.batch_size, seed=args.seed,
+                              validation_examples=validation_examples, eval_batch_size=args.eval_batch_size,
+                              metric=args.metric, rank=dist.rank, world_size=dist.world_size, best_value=best,
+                              log=say)
+        steps_per_epoch = math.ceil(task.sampler.batches_per_epoch / args.grad_accum)
+        loop_config.max_steps = args.max_steps or max(1, math.ceil(args.epochs * task.sampler.batches_per_epoch
+                                                                   / args.grad_accum))
+        loop_config.eval_every = (args.eval_every or steps_per_epoch) if validation_examples else None
+        torch.manual_seed(args.seed)  # the new head's initial weights
+        model = model_class(spec.task).from_pretrained(model_dir, config=spec.apply_to(base_config),
+                                                       ignore_mismatched_heads=True)
+        say(f"model: {model_dir} ({base_config.num_hidden_layers} layers, hidden {base_config.hidden_size}) "
+            f"as {type(model).__name__}")
+        say(describe_data(spec, train_examples, validation_examples, task, steps_per_epoch, loop_config.max_steps))
+        options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
+        notes = {"labels": ", ".join(spec.labels) if spec.labels and len(spec.labels) <= 20 else
+                 (f"{len(spec.labels)} labels" if spec.labels else "none"),
+                 "steps_per_epoch": steps_per_epoch}
+        notes.update(spec.handler.run_notes())
+        result = train(task, model, loop_config, options=options, dist=dist, notes=notes)
+    finally:
+        shutdown(dist)
+    if result.interrupted:
+        return 130
+    if dist.is_main:
+        if task.best_value is not None:
+            say(f"best validation {task.metric} = {task.best_value:.4f}: {output / BEST_DIR}")
+        say(f"final model: {output / FINAL_DIR}")
+    return 0
+
+
+
+
+def read_training_data(args, max_seq_length: int, log=print):
+    """Training and validation examples, and the task spec (labels from the training data)."""
+    columns = {k: getattr(args, k) for k in ("text_column", "text_pair_column", "label_column") if getattr(args, k)}
+    reader = get_task(args.task)(None)
+    train_examples = reader.read(args.train, columns)
+    validation_examples = reader.read(args.validation, columns) if args.validation else None
+    kind = get_task(get_task(args.task).training_task(args, train_examples))
+    spec = TaskSpec(kind.name, **kind.training_spec(args, train_examples, validation_examples, max_seq_length, log=log))
+    return train_examples, validation_examples, spec
+
+
+def describe_data(spec: TaskSpec, train_examples, validation_examples, task: FineTuningTask, steps_per_epoch: int,
+                  max_steps: int) -> str:
+    handler = spec.handler
+    rows = len(task.features)
+    unit = handler.example_unit
+    windows = f" -> {rows:,} windows" if rows != len(train_examples) else ""
+    validation = f"{len(validation_examples):,} validation {unit}" if validation_examples else "no validation set"
+    return (f"data: {spec.task} ({handler.describe()}); {len(train_examples):,} training {unit}{windows}, "
+            f"{validation}; {task.sampler.batches_per_epoch:,} batches = {steps_per_epoch:,} steps per epoch, "
+            f"{max_steps:,} steps")

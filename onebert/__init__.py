@@ -23,7 +23,7 @@ _EXPORTS = {
     "BertForQuestionAnswering": "onebert.model.bert",
     "ModelOutput": "onebert.model.bert",
     "Tokenizer": "onebert.tokenizer",
-    "pipeline": "onebert.pipeline",
+    "pipeline": "onebert.infer.pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

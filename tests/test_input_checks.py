@@ -124,7 +124,7 @@ def test_tokenizer_api_names_the_text_with_a_lone_surrogate(tiny_model):
 
 def test_pipeline_and_embedder_name_the_input_with_a_lone_surrogate(tiny_model, models):
     from onebert.embeddings import Embedder
-    from onebert.pipeline import pipeline
+    from onebert.infer.pipeline import pipeline
 
     pipe = pipeline(model=models["classification"], device="cpu")
     with pytest.raises(OneBertError, match=r"^input 2: lone surrogate \\ud800 at character 1"):

@@ -136,7 +136,7 @@ def test_wrong_task_and_bad_inputs_are_one_line_errors(models):
 def test_onebert_pipeline_stays_the_function_after_its_module_is_imported():
     import importlib
 
-    importlib.import_module("onebert.pipeline")
-    from onebert.pipeline import Pipeline  # noqa: F401
+    importlib.import_module("onebert.infer.pipeline")
+    from onebert.infer.pipeline import Pipeline  # noqa: F401
 
     assert callable(onebert.pipeline) and onebert.pipeline.__name__ == "pipeline"

@@ -2,9 +2,9 @@
 
 /predict runs through a predictor injected with `create_app(..., predictor=...)`: a small stand-in
 built from BertForSequenceClassification and the Tokenizer, returning onebert.pipeline's output
-format, because onebert.pipeline is written in a later wave. The test that serves a model through
-the real pipeline (`test_predict_serves_the_real_pipeline_for_the_task_in_config`) skips until it
-exists. /embed always runs through onebert.embeddings.
+format, so the server is tested apart from the model code. The test that serves a model through
+the real pipeline is `test_predict_serves_the_real_pipeline_for_the_task_in_config`. /embed always
+runs through onebert.embeddings.
 """
 
 from __future__ import annotations
@@ -283,8 +283,9 @@ def test_qa_body_is_one_question_or_a_list_and_a_model_without_task_has_no_predi
 
 
 def test_predict_serves_the_real_pipeline_for_the_task_in_config(classifier_dir):
-    pipeline_module = pytest.importorskip("onebert.pipeline", reason="onebert.pipeline is not written yet")
-    pipe = pipeline_module.pipeline(model=str(classifier_dir), device="cpu")
+    from onebert.infer.pipeline import pipeline
+
+    pipe = pipeline(model=str(classifier_dir), device="cpu")
     expected = pipe(SENTENCES[:3] + [PAIRS[0]])
     with background_server(create_app(classifier_dir, ServeSettings(device="cpu"))) as url:
         single = httpx.post(f"{url}/predict", json={"texts": SENTENCES[:3]}).json()["predictions"]

@@ -79,7 +79,7 @@ def test_a_model_saved_as_classification_with_problem_type_regression_evaluates_
     del config["onebert"]  # a transformers-saved regression head: architectures + problem_type only
     config["architectures"] = ["BertForSequenceClassification"]
     (old / "config.json").write_text(json.dumps(config))
-    from onebert.pipeline import pipeline
+    from onebert.infer.pipeline import pipeline
 
     assert pipeline(model=str(old), device="cpu").task == "regression"
     assert pipeline(task="classification", model=str(old), device="cpu")("a good film").keys() == {"score"}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -277,14 +276,9 @@ def _model_task(model_dir: Path) -> str | None:
 
 
 def _load_pipeline(model_dir: Path, task: str, settings: ServeSettings) -> Callable[[list[Any]], list[Any]]:
-    try:
-        module = importlib.import_module("onebert.pipeline")
-    except ModuleNotFoundError as exc:
-        if exc.name != "onebert.pipeline":
-            raise
-        raise OneBertError(f"{model_dir}: serving task '{task}' needs onebert.pipeline, which this installation "
-                           f"lacks; /embed alone is available with a model without a task") from None
-    return module.pipeline(task=task, model=str(model_dir), device=settings.device,
+    from onebert.infer.pipeline import pipeline
+
+    return pipeline(task=task, model=str(model_dir), device=settings.device,
                            batch_size=settings.max_batch_size, max_length=settings.max_length)
 
 
@@ -293,7 +287,7 @@ def create_app(model_dir: str | os.PathLike, settings: ServeSettings | None = No
                embedder=None) -> FastAPI:
     """The server for one model directory.
 
-    predictor: `predictor(inputs) -> outputs` in onebert.pipeline's format; default: the pipeline
+    predictor: `predictor(inputs) -> outputs` in onebert.infer.pipeline's format; default: the pipeline
     for the task in config.json (`onebert.task`). task: the predictor's task when it is given
     (default: its `.task`, else config.json's). embedder: an `onebert.embeddings.Embedder`
     (default: one for this directory; it shares the predictor's encoder when it exposes `.model`).

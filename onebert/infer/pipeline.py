@@ -20,7 +20,6 @@ evaluate` and `onebert predict`), so a call with many inputs of mixed lengths co
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Sequence
 
 from onebert.errors import OneBertError
@@ -75,6 +74,3 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, de
 
 __all__ = ["pipeline", "Pipeline"]
 
-# `import onebert.pipeline` (or `from onebert.pipeline import ...`) binds the package attribute
-# `onebert.pipeline` to this module, which would hide the function users call as `onebert.pipeline(...)`.
-sys.modules["onebert"].pipeline = pipeline

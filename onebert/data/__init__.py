@@ -45,8 +45,8 @@ _EXPORTS = {
     "MaskingConfig": "onebert.data.masking",
     "MaskingVocab": "onebert.data.masking",
     "mask_tokens": "onebert.data.masking",
-    "PrepareConfig": "onebert.data.pretraining",
-    "prepare_pretraining_data": "onebert.data.pretraining",
+    "PrepareConfig": "onebert.data.prepare",
+    "prepare_pretraining_data": "onebert.data.prepare",
     "read_documents": "onebert.data.corpus",
     "split_sentences": "onebert.data.corpus",
 }

@@ -1,6 +1,6 @@
 """A prepared pretraining data directory: shard files on disk, shuffled batches, exact positions.
 
-Layout written by `onebert prepare` (see onebert.data.pretraining)::
+Layout written by `onebert prepare` (see onebert.data.prepare)::
 
     DATA_DIR/metadata.json               format, version, tokenizer fingerprint, settings, counts, shard list
     DATA_DIR/tokenizer/                  the tokenizer the ids come from (save_pretrained layout)
@@ -428,7 +428,7 @@ class PretrainingData:
         """Refuse a model whose vocabulary or positions do not fit this data (one-line OneBertError)."""
         meta = self.directory / METADATA_FILE
         if tokenizer is not None:
-            from onebert.data.pretraining import tokenizer_fingerprint
+            from onebert.data.prepare import tokenizer_fingerprint
 
             if tokenizer_fingerprint(tokenizer) != self.metadata["tokenizer"]["vocab_sha256"]:
                 raise OneBertError(f"{meta}: this data was built with another vocabulary than the model's tokenizer "

@@ -15,7 +15,7 @@ from synthetic_pretraining import SyntheticBatches, prepare_small_corpus
 from onebert.errors import OneBertError
 from onebert.model import BertForPreTraining
 from onebert.train.distributed import DistContext
-from onebert.train.loop import TrainConfig, accumulate_gradients, step_totals, train
+from onebert.train.trainer import TrainConfig, accumulate_gradients, step_totals, train
 from onebert.train.metrics_log import read_metrics
 from onebert.train.pretraining import PretrainingTask
 

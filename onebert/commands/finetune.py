@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from onebert.train import precision as prec
     from onebert.train.distributed import init_distributed, shutdown
     from onebert.train.finetuning import BEST_DIR, FINAL_DIR, FineTuningTask, read_best
-    from onebert.train.loop import TrainConfig, train
+    from onebert.train.trainer import TrainConfig, train
 
     for name in ("task", "model", "train", "output"):
         if not getattr(args, name):

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from onebert.model import BertForPreTraining
     from onebert.train import precision as prec
     from onebert.train.distributed import init_distributed, shutdown
-    from onebert.train.loop import TrainConfig, train
+    from onebert.train.trainer import TrainConfig, train
     from onebert.train.prefetch import PrefetchedBatches
     from onebert.train.pretraining import PretrainingTask
 

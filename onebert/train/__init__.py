@@ -1,4 +1,4 @@
-"""Training: one loop (`loop.py`) shared by pretraining and fine-tuning, and the pieces it is built from.
+"""Training: one loop (`trainer.py`) shared by pretraining and fine-tuning, and the pieces it is built from.
 
 optim.py        AdamW with BERT's parameter groups; warm-up + decay schedule that a time budget can re-fit
 precision.py    device choice, autocast / grad scaler, measured peak FLOP/s, Intel Extension for PyTorch

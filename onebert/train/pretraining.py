@@ -3,7 +3,7 @@
 Batches are dicts input_ids, token_type_ids, attention_mask [B, S], labels [B, S] (-100 where no
 prediction is scored) and next_sentence_label [B]. The MLM loss of a micro-batch is its summed
 cross-entropy divided by the number of masked tokens in the whole accumulated, all-ranks batch
-(and NSP likewise by the number of sequences); see `onebert.train.loop`.
+(and NSP likewise by the number of sequences); see `onebert.train.trainer`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from onebert.config import BertConfig
 from onebert.io_utils import atomic_write_bytes
 from onebert.model import IGNORE_INDEX, training_flops
 from onebert.train.distributed import DistContext
-from onebert.train.loop import Batch, TrainingTask
+from onebert.train.trainer import Batch, TrainingTask
 
 PRETRAINING_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label")
 

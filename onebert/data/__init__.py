@@ -1,11 +1,12 @@
 """Data for pretraining (and the task readers in `onebert.data.tasks`).
 
-Pretraining data flows through five small modules:
+Pretraining data flows through six small modules:
 
 - `corpus`       text files -> documents of sentences (formats, Gutenberg, WikiText, JSONL, .gz; a summary
                  of everything skipped);
 - `instances`    documents -> NSP instances `[CLS] A [SEP] B [SEP]`, as Google's create_pretraining_data.py;
-- `pretraining`  the parallel, deterministic build of a data directory (`onebert prepare`);
+- `prepare`      the parallel, deterministic build of a data directory (`onebert prepare`);
+- `format`       that directory's layout and names, which the writer and the reader share;
 - `shards`       reading it back: memory-mapped shards, shuffled batches per rank, exact resume;
 - `masking`      MLM masking at batch time (80/10/10, whole-word), reproducible without RNG state.
 

@@ -10,7 +10,7 @@ row by row (rank r takes rows r, r + W, ...). The position is (epoch, batch), so
 exactly the batches the interrupted one would have.
 
 Loss. A micro-batch's loss is its summed loss divided by the number of sequences (labelled tokens
-for NER) in the whole accumulated, all-ranks batch (see `onebert.train.trainer`): the model's mean
+for NER) in the whole accumulated, all-ranks batch (see `onebert.train.step`): the model's mean
 loss times the micro-batch's count over the global total.
 
 Validation. The loop calls `evaluate` every `eval_every` steps: the whole validation set goes
@@ -38,7 +38,7 @@ from onebert.model import IGNORE_INDEX, training_flops
 from onebert.predict import LOWER_IS_BETTER, TaskSpec, decode, encode, forward, score
 from onebert.tasks import collate
 from onebert.train.distributed import DistContext
-from onebert.train.trainer import Batch, TrainingTask
+from onebert.train.task import Batch, TrainingTask
 
 BEST_DIR = "best"
 FINAL_DIR = "final"

@@ -14,7 +14,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from onebert.errors import OneBertError
 
@@ -34,8 +34,20 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a mistake is the one line `onebert CMD: error: ...` (exit 2) without the usage block.
+
+    Sub-command parsers inherit the class (add_subparsers uses the parent's type), so every command
+    reports a bad option value (`argument --lr: must be a finite number > 0, got 'inf'`) the way
+    onebert reports every other user error; `--help` still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="onebert",
         description="Pretrain, fine-tune, evaluate and run BERT models. "
                     "Run `onebert COMMAND --help` for a command's options.")
@@ -60,6 +72,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`onebert ... | head`): stop quietly as Unix tools do. stdout is pointed at
+        # /dev/null so the interpreter's last flush does not raise again; 141 is 128 + SIGPIPE.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subparsers = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -235,7 +260,9 @@ def _coerce_one(file: Path, key: str, value: Any, action: argparse.Action) -> An
     text = value if isinstance(value, str) else str(value)
     try:
         converted = action.type(text) if action.type is not None else text
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+    except argparse.ArgumentTypeError as exc:  # onebert's own types (onebert/ranges.py) say value and range
+        raise OneBertError(f"{file}: option {_show(key)}: {' '.join(str(exc).split())[:200]}") from None
+    except (TypeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise OneBertError(f"{file}: option {_show(key)}: invalid value {_show(value)} ({reason})") from None
     if action.choices is not None and converted not in action.choices:

@@ -168,10 +168,15 @@ class Embedder:
             raise OneBertError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
         if pooling == "pooler" and self.model.pooler is None:
             raise OneBertError("this model has no pooler layer; use pooling 'mean' or 'cls'")
+        from onebert.data.text_input import describe_surrogate, lone_surrogate
+
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise OneBertError(f"text {i} is {type(text).__name__}, expected a string")
+            surrogate = lone_surrogate(text)
+            if surrogate is not None:  # the tokenizer would name it within its chunk, not in `texts`
+                raise OneBertError(f"text {i}: {describe_surrogate(text, surrogate)}")
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         truncated: list[int] = []
         bar = None

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from onebert.errors import OneBertError
-from onebert.io_utils import atomic_path
+from onebert.io_utils import atomic_path, check_output_dir, check_output_file, is_png
 
 # Beyond this many classes, numbers in the cells would be unreadable: colour only.
 _MAX_ANNOTATED_CLASSES = 25
@@ -51,6 +51,7 @@ def _save(figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise OneBertError(f"{path}: plots are written as PNG; give a path ending in .png")
+    check_output_file(path, "--plots", made_by_onebert=is_png, kind="plot")
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     return path
@@ -130,9 +131,22 @@ def plot_entity_scores(result: Mapping[str, Any], path: str | os.PathLike, title
     return _save(figure, path)
 
 
+PLOT_NAMES = ("entity_scores.png", "confusion_matrix.png")
+
+
+def check_plot_dir(output_dir: str | os.PathLike, prefix: str = "") -> Path:
+    """Check --plots DIR before any work: a directory (new, or any existing one: only the plot files are
+    written there), whose plot files, where they exist, are PNGs (a re-run replaces its own plots)."""
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, "--plots", made_by_onebert=lambda _: True)
+    for name in PLOT_NAMES:
+        check_output_file(output_dir / f"{prefix}{name}", "--plots", made_by_onebert=is_png, kind="plot")
+    return output_dir
+
+
 def plot_evaluation(result: Mapping[str, Any], output_dir: str | os.PathLike, prefix: str = "") -> list[Path]:
     """Every plot the result supports, into output_dir: confusion_matrix.png and/or entity_scores.png."""
-    output_dir = Path(output_dir)
+    output_dir = check_plot_dir(output_dir, prefix)
     written = []
     if "per_type" in result:
         written.append(plot_entity_scores(result, output_dir / f"{prefix}entity_scores.png"))

@@ -62,6 +62,7 @@ class Pipeline:
                 text, pair = item
             else:
                 raise OneBertError(f"input {i}: expected a text or a pair of two texts, got {_kind(item)}")
+            _refuse_surrogates(i, text, pair)
             examples.append(TextExample(text=text, text_pair=pair, source=f"input {i}"))
         # Single texts and pairs are encoded apart ([CLS] A [SEP] vs [CLS] A [SEP] B [SEP]); a server's
         # batch may hold both.
@@ -79,6 +80,7 @@ class Pipeline:
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise OneBertError(f"input {i}: expected a text, got {_kind(item)}")
+            _refuse_surrogates(i, item)
             split.append(split_words(item))
         examples = [NerExample(words=words, source=f"input {i}") for i, (words, _) in enumerate(split)]
         # A text without words (empty, only spaces) has no entities and needs no model call.
@@ -98,9 +100,20 @@ class Pipeline:
             if not (isinstance(item, dict) and isinstance(item.get("question"), str)
                     and isinstance(item.get("context"), str)):
                 raise OneBertError(f"input {i}: expected {{'question': str, 'context': str}}, got {_kind(item)}")
+            _refuse_surrogates(i, item["question"], item["context"])
             examples.append(QAExample(id=str(i), question=item["question"], context=item["context"],
                                       source=f"input {i}"))
         return [answer_record(p) for p in self.predictor.predict(examples)]
+
+
+def _refuse_surrogates(i: int, *texts: str | None) -> None:
+    """A lone surrogate makes the tokenizer refuse the whole batch; name the input that holds it."""
+    from onebert.data.text_input import describe_surrogate, lone_surrogate
+
+    for text in texts:
+        index = None if text is None else lone_surrogate(text)
+        if index is not None:
+            raise OneBertError(f"input {i}: {describe_surrogate(text, index)}")
 
 
 def _kind(value: Any) -> str:

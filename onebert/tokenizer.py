@@ -289,6 +289,7 @@ class Tokenizer:
             self._enable_padding(padding, max_length)
             encodings = self.backend.encode_batch(inputs)
         except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception
+            _refuse_surrogates(exc, texts=texts, text_pairs=text_pairs)
             if not _is_truncation_error(exc):
                 raise
             raise OneBertError(f"cannot truncate to max_length={max_length} with truncation={strategy!r}: "
@@ -331,6 +332,9 @@ class Tokenizer:
             # The backend pads overflow windows too, to the longest first window (= longest window).
             self._enable_padding(padding, max_length)
             encodings = self.backend.encode_batch(list(zip(questions, contexts)))
+        except TypeError as exc:
+            _refuse_surrogates(exc, questions=questions, contexts=contexts)
+            raise
         finally:
             self.backend.no_truncation()
             self.backend.no_padding()
@@ -366,11 +370,20 @@ class Tokenizer:
         Runs in parallel in Rust (`encode_batch_fast`: no offsets are computed).
         """
         texts = _as_batch(texts, "texts")
-        return [encoding.ids for encoding in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
+        try:
+            encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError as exc:
+            _refuse_surrogates(exc, texts=texts)
+            raise
+        return [encoding.ids for encoding in encodings]
 
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of one text, without [CLS]/[SEP]."""
-        return self.backend.encode(text, add_special_tokens=False).tokens
+        try:
+            return self.backend.encode(text, add_special_tokens=False).tokens
+        except TypeError as exc:
+            _refuse_surrogates(exc, text=[text])
+            raise
 
     def word_start_mask(self) -> np.ndarray:
         """Bool array [vocab_size]: False for "##" continuation pieces (whole-word masking groups by it)."""
@@ -435,7 +448,11 @@ class Tokenizer:
         backend panics, rather than raising, when the context part of a window is not longer than
         the stride.
         """
-        encodings = self.backend.encode_batch(questions, add_special_tokens=False)
+        try:
+            encodings = self.backend.encode_batch(questions, add_special_tokens=False)
+        except TypeError as exc:
+            _refuse_surrogates(exc, questions=questions)
+            raise
         room = max_length - self.backend.num_special_tokens_to_add(True)
         fitted = []
         for i, (question, encoding) in enumerate(zip(questions, encodings)):
@@ -573,6 +590,24 @@ def _as_batch(texts: str | Sequence[str] | None, name: str) -> list[str] | None:
     return texts
 
 
+def _refuse_surrogates(exc: Exception, **batches: list[str] | None) -> None:
+    """After the backend refused a batch: raise OneBertError naming the text that holds a lone surrogate.
+
+    `tokenizers` rejects a str with a lone surrogate (it cannot be UTF-8) with a TypeError that names
+    neither the text nor the character. Looking only after a failure keeps the fast path free of a scan.
+    """
+    if not isinstance(exc, TypeError):
+        return
+    from onebert.data.text_input import check_texts
+
+    for name, texts in batches.items():
+        if texts is not None:
+            try:
+                check_texts(texts, name)
+            except OneBertError as error:
+                raise error from None
+
+
 def _check_return_tensors(return_tensors: str | None) -> None:
     if return_tensors not in (None, "pt"):
         raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
@@ -635,11 +670,12 @@ def _check_training_files(files: str | os.PathLike | Iterable[str | os.PathLike]
     paths = [Path(f) for f in files]
     if not paths:
         raise OneBertError("no training files given")
+    from onebert.data.text_input import check_input_file
+
     for path in paths:
         if path.is_dir():
             raise OneBertError(f"{path}: is a directory; pass the text files inside it")
-        if not path.is_file():
-            raise OneBertError(f"{path}: no such file")
+        check_input_file(path)  # a FIFO or device is named as such (not "no such file"); reading it never ends
     return paths
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -88,15 +89,39 @@ def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
                                    f"{type(state[bad]).__name__}")
             return state, pytorch_file
     except pickle.UnpicklingError as exc:
-        reason = next((line.split("error:", 1)[1].strip() for line in str(exc).splitlines()
-                       if "WeightsUnpickler error:" in line), "not a plain tensor file")
         raise OneBertError(f"{pytorch_file}: cannot read weights (refused to unpickle anything but tensors: "
-                           f"{reason.split('. ')[0]})") from None
+                           f"{unpickling_refusal_reason(exc)})") from None
     except (SafetensorError, OSError, RuntimeError, KeyError, ValueError, EOFError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         bad = next(f for f in (safetensors_file, index_file, pytorch_file) if f.is_file())
         raise OneBertError(f"{bad}: cannot read weights ({first})") from None
     raise OneBertError(f"{directory}: no weights found (expected {SAFETENSORS_NAME} or {PYTORCH_NAME})")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# torch's advice around the reason: to load the file anyway. onebert never does (that would run the
+# file's code), so none of it reaches the user.
+_ADVICE = ("weights_only", "weights only load failed", "re-running", "trusted source", "trust the source",
+           "documentation of torch.load", "please file an issue", "alternatively", "add_safe_globals",
+           "safe_globals", "allowlist")
+_NO_REASON = "the file holds objects other than tensors and plain values"
+
+
+def unpickling_refusal_reason(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words: never empty, and never torch's
+    suggestion to load it with weights_only=False (or to allow-list the offending global)."""
+    text = _ANSI.sub("", str(exc))
+    candidates = []
+    for line in text.splitlines():
+        line = line.strip().lstrip("(0123456789) \t")
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        # "Unsupported global: GLOBAL x was not an allowed global by default. Please use ..." keeps its first sentence.
+        line = line.split(". Please", 1)[0].strip().rstrip(".")
+        if line and not any(word in line.lower() for word in _ADVICE):
+            candidates.append(line)
+    reason = candidates[0] if candidates else _NO_REASON
+    return reason[:200]
 
 
 def _shard_names(index_file: Path) -> list[str]:

@@ -76,3 +76,17 @@ def test_config_file_reaches_nested_subcommands(tmp_path, capsys):
     (tmp_path / "tok.yaml").write_text(f"input: [{corpus}]\nvocab-size: 120\noutput: {tmp_path / 'tok'}\n")
     assert main(["tokenizer", "train", "--config", str(tmp_path / "tok.yaml")]) == 0
     assert (tmp_path / "tok" / "vocab.txt").is_file()
+
+
+def test_output_into_a_closed_pipe_stops_quietly(minilm_dir):
+    """`onebert tokenizer encode ... | true`: the reader is gone before the first write; no BrokenPipeError traceback."""
+    import shlex
+    import subprocess
+    import sys
+
+    text = " ".join(["tokenization"] * 400)
+    command = (f"{shlex.quote(sys.executable)} -m onebert tokenizer encode --tokenizer {shlex.quote(str(minilm_dir))} "
+               f"{shlex.quote(text)} | true")
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode in (0, 141)

@@ -6,7 +6,8 @@ the wrong type, fields removed or added, huge and non-finite numbers) and accept
 
 - a parse whose invariants hold: nothing lost (examples + reported skipped lines == data lines,
   CoNLL tokens == token lines, JSONL documents + counted bad records == records), labels in the
-  label set, every SQuAD answer at its offset, configs and option values that round-trip;
+  label set, every SQuAD answer at its offset, configs and option values that round-trip, task
+  texts free of lone surrogates (a JSON "\ud800" escape; the tokenizer cannot take it);
 - a `OneBertError` whose message is one line and names the file.
 
 Any other exception fails, and so does a reader still running after TIME_LIMIT seconds; hypothesis
@@ -99,6 +100,13 @@ def assert_one_line_naming(message: str, path: Path) -> None:
     assert len(message) < 2000, f"message of {len(message)} characters"
 
 
+def assert_encodable(*texts: str | None) -> None:
+    """What a reader returns is real text: no lone surrogate, which the tokenizer (and UTF-8) refuse."""
+    for text in texts:
+        if text is not None:
+            text.encode("utf-8")
+
+
 @contextlib.contextmanager
 def captured_warnings(logger_name: str):
     """Messages logged by one module (hypothesis forbids function-scoped caplog inside a property)."""
@@ -160,7 +168,8 @@ def mutated(draw, seeds: list[bytes], specials: list[bytes] = (), inserts: list[
 JSON_LEAVES = (st.none() | st.booleans() | st.integers(-200, 200) | st.integers(-2**70, 2**70)
                | st.sampled_from([10**300, -1, 0, 2**63, 1e308]) | st.sampled_from(["<huge int>", "<deep list>"])
                | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
-               | st.sampled_from(["", "\n", "a\tb", "\u2028", "\x00", "[PAD]", "gelu", "B-PER", "0", "1e5"]))
+               | st.sampled_from(["", "\n", "a\tb", "\u2028", "\x00", "[PAD]", "gelu", "B-PER", "0", "1e5",
+                                  "a\ud800", "\udfff"]))  # lone surrogates: json.dumps writes them as \u escapes
 
 
 def _json_containers(children):
@@ -331,6 +340,7 @@ def test_jsonl_reader_parses_or_refuses_and_reads_every_record(work, data):
     lines = split_lines(file_text(data))
     assert [line_of(e.source) for e in examples] == [n for n, line in enumerate(lines, start=1) if line.strip()]
     for example in examples:
+        assert_encodable(example.text, example.text_pair, example.label)
         record = json.loads(lines[line_of(example.source) - 1])
         values = [str(v) for v in record.values() if isinstance(v, (str, int, float))]
         values += [str(v).lower() for v in record.values() if isinstance(v, bool)]
@@ -365,6 +375,42 @@ def test_any_valid_table_round_trips_exactly(work, rows, fmt, pairs, crlf, bom):
     expected = [(row[0].strip(), row[1].strip() if pairs else None, row[-1]) for row in table]
     assert [(e.text, e.text_pair, e.label) for e in examples] == expected
     check_labels(examples)
+
+
+# hypothesis never draws surrogates itself: pieces of text with code points U+D800-U+DFFF between them
+SURROGATE_TEXT = st.lists(TABLE_TEXT | st.integers(0xD800, 0xDFFF).map(chr), max_size=4).map("".join)
+
+
+@fuzz(100)
+@given(rows=st.lists(st.tuples(SURROGATE_TEXT, st.sampled_from(["0", "1"])), min_size=1, max_size=6),
+       squad=st.booleans())
+def test_json_texts_with_lone_surrogates_are_refused_at_the_first_one(work, rows, squad):
+    """json.dumps writes a lone surrogate as a valid \\ud800 escape; the readers must name its line / path."""
+    from onebert.data.text_input import lone_surrogate
+
+    # A high and a low surrogate side by side are written as a pair of escapes, which JSON reads as one character.
+    rows = [(json.loads(json.dumps(text)), label) for text, label in rows]
+    first_bad = next((i for i, (text, _) in enumerate(rows) if lone_surrogate(text) is not None), None)
+    if squad:
+        path = work / "surrogates.json"
+        qas = [{"id": str(i), "question": text, "answers": []} for i, (text, _) in enumerate(rows)]
+        path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": qas}]}]}), encoding="ascii")
+        read = lambda: read_squad(path)  # noqa: E731
+        where = f"data[0].paragraphs[0].qas[{first_bad}].question: lone surrogate"
+    else:
+        path = work / "surrogates.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows), encoding="ascii")
+        read = lambda: read_classification(path)  # noqa: E731
+        where = f"line {first_bad + 1 if first_bad is not None else 0}: text: lone surrogate"
+    try:
+        examples = read()
+    except OneBertError as exc:
+        assert_one_line_naming(str(exc), path)
+        assert first_bad is not None and where in str(exc), str(exc)
+        return
+    assert first_bad is None, "a lone surrogate was read as text"
+    texts = [e.question for e in examples] if squad else [e.text for e in examples]
+    assert texts == [text if squad else text.strip() for text, _ in rows]
 
 
 # ----------------------------------------------------------------------------- CoNLL
@@ -465,6 +511,7 @@ def test_squad_reader_parses_or_refuses_and_every_answer_is_at_its_offset(work, 
     questions = [qa for article in root["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
     assert len(examples) == len(questions) and len({e.id for e in examples}) == len(examples)
     for example, qa in zip(examples, questions):
+        assert_encodable(example.id, example.question, example.context, example.title, *example.answer_texts)
         assert example.id == str(qa["id"]) and example.question == qa["question"]
         assert not (example.is_impossible and example.answers)
         raw_starts = [a["answer_start"] for a in qa.get("answers", [])]

@@ -335,16 +335,22 @@ def test_bad_input_is_a_one_line_error_naming_the_file_and_writes_nothing(case, 
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
 
 
-def test_an_existing_output_is_never_overwritten_without_asking(tmp_path, capsys, minilm_dir):
+def test_an_existing_output_is_never_overwritten_without_asking_and_a_users_directory_never(tmp_path, capsys,
+                                                                                           minilm_dir):
     corpus = write_corpus(tmp_path / "c.txt", documents=10)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, err = run_cli(capsys, "--corpus", corpus, "--tokenizer", minilm_dir, "--output", out)
-    assert code == 2 and "already exists" in err[0] and (out / "keep.txt").read_text() == "mine"
-    code, _ = run_cli(capsys, "--corpus", corpus, "--tokenizer", minilm_dir, "--output", out, "--overwrite",
+    for overwrite in ((), ("--overwrite",)):  # a directory prepare did not make: not even with --overwrite
+        code, err = run_cli(capsys, "--corpus", corpus, "--tokenizer", minilm_dir, "--output", out, *overwrite)
+        assert code == 2 and "not a data directory onebert made" in err[0] and (out / "keep.txt").read_text() == "mine"
+    data = tmp_path / "data"
+    assert run_cli(capsys, "--corpus", corpus, "--tokenizer", minilm_dir, "--output", data, "--workers", "1")[0] == 0
+    code, err = run_cli(capsys, "--corpus", corpus, "--tokenizer", minilm_dir, "--output", data)
+    assert code == 2 and "already holds prepared data" in err[0] and "--overwrite" in err[0]
+    code, _ = run_cli(capsys, "--corpus", corpus, "--tokenizer", minilm_dir, "--output", data, "--overwrite",
                       "--workers", "1")
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "metadata.json").is_file()
+    assert code == 0 and (data / "metadata.json").is_file()
 
 
 def test_opening_a_bad_data_directory_is_a_one_line_error_naming_it(small_data, tmp_path):

@@ -92,6 +92,51 @@ def test_a_training_checkpoint_with_a_code_payload_and_a_valid_checksum_never_ru
     assert not side_effect.exists()
 
 
+_REFUSED_PAYLOADS = {
+    "code payload": lambda path, tmp: torch.save({"model": WritesFile(tmp / "pwned")}, path),
+    "a class that is not allow-listed": lambda path, tmp: torch.save({"model": frozenset()}, path),
+    "a pickle opcode torch does not know": lambda path, tmp: path.write_bytes(b"\x80\x02garbage"),
+    "a legacy pickle of a global": lambda path, tmp: path.write_bytes(pickle.dumps(int, protocol=2)),
+}
+
+
+def _reason(message: str) -> str:
+    return message.split("refused to unpickle anything but tensors", 1)[1].split(":", 1)[1].strip(" )")
+
+
+@pytest.mark.parametrize("payload", sorted(_REFUSED_PAYLOADS))
+def test_refused_weights_say_why_and_never_suggest_weights_only_false(tmp_path, tiny_config, payload):
+    directory = tmp_path / "model"
+    directory.mkdir()
+    tiny_config.save(directory)
+    _REFUSED_PAYLOADS[payload](directory / "pytorch_model.bin", tmp_path)
+    with pytest.raises(OneBertError) as error:
+        BertModel.from_pretrained(directory)
+    message = one_line(error, "pytorch_model.bin", "refused to unpickle")
+    assert len(_reason(message)) >= 5, message
+    assert "weights_only" not in message and "safe_globals" not in message, message
+
+
+@pytest.mark.parametrize("payload", sorted(_REFUSED_PAYLOADS))
+def test_refused_checkpoints_say_why_and_never_suggest_weights_only_false(tmp_path, payload):
+    import hashlib
+
+    from onebert.train.checkpoint import MANIFEST_FILE, STATE_FILE, CheckpointError, load_checkpoint
+
+    checkpoint = tmp_path / "step-00000001"
+    checkpoint.mkdir()
+    _REFUSED_PAYLOADS[payload](checkpoint / STATE_FILE, tmp_path)
+    data = (checkpoint / STATE_FILE).read_bytes()
+    (checkpoint / MANIFEST_FILE).write_text(json.dumps({"format": 1, "step": 1, "file": STATE_FILE, "bytes": len(data),
+                                                        "sha256": hashlib.sha256(data).hexdigest()}))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(checkpoint)
+    message = one_line(error, STATE_FILE, "refused to unpickle")
+    assert len(_reason(message)) >= 5, message
+    assert "weights_only" not in message and "safe_globals" not in message, message
+    assert not (tmp_path / "pwned").exists()
+
+
 def _calls(tree: ast.AST, module: str, function: str):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == function \

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "pretrain a small BERT end to end on a built-in corpus (no downloads) and show what it learned"
 DESCRIPTION = (
     "Writes a corpus (the English docstrings of Python's standard library, one document per module, "
@@ -23,15 +25,19 @@ _PROBES = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default="demo_run", metavar="DIR", help="where everything is written")
+    parser.add_argument("--output", default="demo_run", metavar="DIR",
+                        help="where everything is written: new, empty or an earlier demo's (whose corpus/, data/ "
+                             "and run/ are replaced); never a directory holding other files")
     parser.add_argument("--corpus", nargs="+", metavar="PATH", default=None,
                         help="your own text instead of the built-in corpus")
-    parser.add_argument("--minutes", type=float, default=4.0, help="pretraining time budget")
+    parser.add_argument("--minutes", type=ranges.number(0, 60 * 24 * 366, min_inclusive=False), default=4.0,
+                        help="pretraining time budget")
     parser.add_argument("--model-config", default="mini", metavar="NAME|FILE", help="model preset or config.json")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary to train")
-    parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (small models take a high one)")
+    parser.add_argument("--vocab-size", type=ranges.VOCAB_SIZE, default=8000, help="WordPiece vocabulary to train")
+    parser.add_argument("--max-seq-length", type=ranges.PREPARE_SEQ_LENGTH, default=128)
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32)
+    parser.add_argument("--lr", type=ranges.POSITIVE, default=1e-3,
+                        help="peak learning rate (small models take a high one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,15 +45,21 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from onebert.cli import main as onebert
+    from onebert.io_utils import check_output_dir
 
-    out = Path(args.output)
+    out = check_output_dir(args.output, "--output", inputs=args.corpus or (), made_by_onebert=is_demo_dir,
+                           kind="demo directory")
+    # Only now, with the whole directory known to be an earlier demo's, are its parts replaced.
+    if (out / "run").exists():
+        shutil.rmtree(out / "run")  # is_demo_dir checked that it holds nothing but a run's files
     out.mkdir(parents=True, exist_ok=True)
     corpus = args.corpus
     if corpus is None:
         from onebert.demo_corpus import write_stdlib_corpus
 
         corpus_dir = out / "corpus"
-        shutil.rmtree(corpus_dir, ignore_errors=True)
+        if corpus_dir.exists():
+            shutil.rmtree(corpus_dir)  # the built-in corpus of an earlier demo (is_demo_dir checked)
         documents, words = write_stdlib_corpus(corpus_dir)
         print(f"[demo] built-in corpus: {documents} documents, {words:,} words of Python standard-library "
               f"docstrings -> {corpus_dir}", flush=True)
@@ -60,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
          "--warmup-ratio", "0.1", "--eval-every", "100", "--log-every", "20", "--save-every", "200"],
         ["plot", str(out / "run")],
     ]
-    shutil.rmtree(out / "run", ignore_errors=True)  # the demo's own run directory: start fresh
     for step in steps:
         print(f"\n[demo] onebert {' '.join(step)}", flush=True)
         code = onebert(step)
@@ -70,6 +81,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n[demo] done. Model: {out / 'run' / 'final'} (HuggingFace layout); curves: {out / 'run'}/*.png; "
           f"metrics: {out / 'run' / 'metrics.jsonl'}")
     return 0
+
+
+def is_demo_dir(directory) -> bool:
+    """An earlier demo's --output holding nothing of the user's: only corpus/ (the built-in corpus'
+    module_NNNN.txt files), data/ (prepared data) and run/ (a run's files). A re-run replaces those."""
+    from onebert.data.prepare import is_data_dir
+    from onebert.io_utils import holds_only, is_replaceable_run_dir
+
+    if not holds_only(directory, ("corpus", "data", "run")):
+        return False
+    corpus, data, run = directory / "corpus", directory / "data", directory / "run"
+    return ((not corpus.exists() or (corpus.is_dir() and holds_only(corpus, (), [r"module_\d{4}\.txt"])))
+            and (not data.exists() or (data.is_dir() and (is_data_dir(data) or not any(data.iterdir()))))
+            and (not run.exists() or (run.is_dir() and (is_replaceable_run_dir(run) or not any(run.iterdir())))))
 
 
 def _show_fill_mask(model_dir) -> None:

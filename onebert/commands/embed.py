@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "embed texts (one per line) into sentence vectors saved as .npy"
 DESCRIPTION = (
     "Embed every line of a text file (or stdin with '-') and save a float32 array [lines, hidden] as .npy, "
@@ -21,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the checkpoint's, else mean)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="L2-normalise each vector (default: the checkpoint's, else no)")
-    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="texts per forward pass")
+    parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
                         help="cut texts to this many tokens (default: the model's limit)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
@@ -31,22 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_lines(path: str) -> list[str]:
     """Lines without their line ends; a final newline does not make an extra empty text."""
     import sys
-    from pathlib import Path
 
+    from onebert.data.text_input import check_input_file
     from onebert.errors import OneBertError
 
     if path == "-":
         data, name = sys.stdin.buffer.read(), "<stdin>"
     else:
-        file = Path(path)
-        if not file.is_file():
-            raise OneBertError(f"{file}: no such input file")
+        file = check_input_file(path, "--input")  # a directory or /dev/urandom is named as what it is
         data, name = file.read_bytes(), str(file)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise OneBertError(f"{name}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+        raise OneBertError(f"{name}: line {line}: not valid UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset "
+                           f"{exc.start}); embed reads UTF-8 text files") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

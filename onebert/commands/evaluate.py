@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from onebert import ranges
+
 HELP = "score a fine-tuned model on labelled data (a table on stderr, one JSON object on stdout)"
 DESCRIPTION = (
     "Evaluate a fine-tuned model directory (or a `onebert finetune` output, whose best/ model is used) on "
@@ -20,14 +22,16 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
     parser.add_argument("--data", metavar="FILE", help="labelled data in the task's format (required)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences per batch")
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification: text column (default: as fine-tuned)")
     parser.add_argument("--text-pair-column", default=None, help="classification: second text column")
     parser.add_argument("--label-column", default=None, help="classification: label column")
-    parser.add_argument("--null-threshold", type=float, default=None,
+    parser.add_argument("--null-threshold", type=ranges.number(-1e4, 1e4), default=None,
                         help="qa v2.0: answer only when null score - best span score <= this (default: the saved one)")
     parser.add_argument("--plots", metavar="DIR", default=None,
-                        help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here")
+                        help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here "
+                             "(confusion_matrix.png / entity_scores.png; an existing one is replaced only if "
+                             "it is a PNG)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
@@ -44,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     for name in ("model", "data"):
         if not getattr(args, name):
             raise OneBertError(f"--{name} is required")
+    if args.plots:
+        from onebert.eval_plots import check_plot_dir
+
+        check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
     precision = "bf16" if args.bf16 else args.precision
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
     predictor.progress = True

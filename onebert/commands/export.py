@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "export a model to ONNX, TorchScript or a HuggingFace-layout directory"
 DESCRIPTION = (
     "Export a model directory. onnx / torchscript: inputs input_ids, attention_mask, token_type_ids "
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + weights)")
     parser.add_argument("--format", required=True, choices=("onnx", "hf", "torchscript"), help="what to write")
     parser.add_argument("--output", required=True, metavar="PATH", help="file (.onnx / .pt) or directory")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--opset", type=ranges.integer(9, 20), default=17, help="ONNX opset version")
     parser.add_argument("--no-check", action="store_true",
                         help="skip running the export and comparing its outputs with PyTorch")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "fine-tune a pretrained BERT for classification, NER or question answering"
 DESCRIPTION = (
     "Fine-tune a BERT (a `onebert pretrain` output or any HuggingFace BERT directory with its tokenizer files) "
@@ -26,43 +28,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--train", metavar="FILE", help="training data (required)")
     io.add_argument("--validation", metavar="FILE", default=None,
                     help="validation data: scored every epoch, the best model is kept (without it: only final/)")
-    io.add_argument("--output", metavar="DIR", help="run directory: best/, final/, metrics, checkpoints (required)")
+    io.add_argument("--output", metavar="DIR",
+                    help="run directory: best/, final/, metrics, checkpoints (required; new, empty or an earlier run's)")
     io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
                     help="continue an interrupted run from its newest checkpoint")
 
     length = parser.add_argument_group("length and batch")
-    length.add_argument("--epochs", type=float, default=3.0, help="passes over the training data")
-    length.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    length.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch on each process")
-    length.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimizer step")
-    length.add_argument("--eval-batch-size", type=int, default=64, help="sequences per batch at validation")
+    length.add_argument("--epochs", type=ranges.EPOCHS, default=3.0, help="passes over the training data")
+    length.add_argument("--max-steps", type=ranges.POSITIVE_INT, default=None,
+                        help="optimizer steps (overrides --epochs)")
+    length.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32,
+                        help="sequences per micro-batch on each process")
+    length.add_argument("--grad-accum", type=ranges.POSITIVE_INT, default=1,
+                        help="micro-batches accumulated per optimizer step")
+    length.add_argument("--eval-batch-size", type=ranges.POSITIVE_INT, default=64,
+                        help="sequences per batch at validation")
 
     optim = parser.add_argument_group("optimizer")
-    optim.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW)")
-    optim.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warm-up as a fraction of all steps")
-    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (instead of the ratio)")
+    optim.add_argument("--lr", type=ranges.POSITIVE, default=5e-5, help="peak learning rate (AdamW)")
+    optim.add_argument("--warmup-ratio", type=ranges.WARMUP_RATIO, default=0.1,
+                       help="linear warm-up as a fraction of all steps")
+    optim.add_argument("--warmup-steps", type=ranges.NON_NEGATIVE_INT, default=None,
+                       help="linear warm-up steps (instead of the ratio)")
     optim.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear",
                        help="decay after warm-up (to 0 at the end)")
-    optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
-    optim.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
-    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping threshold")
-    optim.add_argument("--max-bad-steps", type=int, default=5,
+    optim.add_argument("--weight-decay", type=ranges.NON_NEGATIVE, default=0.01,
+                       help="AdamW weight decay (not on bias/LayerNorm)")
+    optim.add_argument("--adam-eps", type=ranges.POSITIVE, default=1e-8, help="AdamW epsilon")
+    optim.add_argument("--max-grad-norm", type=ranges.POSITIVE, default=1.0, help="gradient clipping threshold")
+    optim.add_argument("--max-bad-steps", type=ranges.POSITIVE_INT, default=5,
                        help="a step whose loss or gradients are NaN/inf is skipped (and logged); this many "
                             "in a row stop the run with a message (1: stop at the first)")
-    optim.add_argument("--seed", type=int, default=42, help="seeds the new head, the data order and dropout")
+    optim.add_argument("--seed", type=ranges.SEED, default=42, help="seeds the new head, the data order and dropout")
 
     features = parser.add_argument_group("inputs")
-    features.add_argument("--max-seq-length", type=int, default=None,
+    features.add_argument("--max-seq-length", type=ranges.TEXT_LENGTH, default=None,
                           help="tokens per sequence (default: 128; 384 for qa)")
     features.add_argument("--text-column", default=None, help="classification: column of the (first) text")
     features.add_argument("--text-pair-column", default=None, help="classification: column of the second text")
     features.add_argument("--label-column", default=None, help="classification: column of the label")
     features.add_argument("--regression", action="store_true",
                           help="classification: predict a number with MSE (detected when labels are decimals)")
-    features.add_argument("--doc-stride", type=int, default=128, help="qa: context tokens shared by adjacent windows")
-    features.add_argument("--max-query-length", type=int, default=64, help="qa: question tokens kept")
-    features.add_argument("--max-answer-length", type=int, default=30, help="qa: longest answer in tokens")
-    features.add_argument("--n-best-size", type=int, default=20, help="qa: candidate answers kept per question")
+    features.add_argument("--doc-stride", type=ranges.POSITIVE_INT, default=128,
+                          help="qa: context tokens shared by adjacent windows")
+    features.add_argument("--max-query-length", type=ranges.POSITIVE_INT, default=64, help="qa: question tokens kept")
+    features.add_argument("--max-answer-length", type=ranges.POSITIVE_INT, default=30,
+                          help="qa: longest answer in tokens")
+    features.add_argument("--n-best-size", type=ranges.POSITIVE_INT, default=20,
+                          help="qa: candidate answers kept per question")
     features.add_argument("--version-2-with-negative", action="store_true",
                           help="qa: questions may have no answer (SQuAD v2.0; detected from the training data too)")
 
@@ -70,11 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--metric", default=None,
                      help="validation metric that picks the best model (default: accuracy; pearson for regression; "
                           "entity f1 for ner; f1 for qa)")
-    run.add_argument("--eval-every", type=int, default=None, help="steps between validations (default: one epoch)")
-    run.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
-    run.add_argument("--save-every", type=int, default=None,
+    run.add_argument("--eval-every", type=ranges.POSITIVE_INT, default=None,
+                     help="steps between validations (default: one epoch)")
+    run.add_argument("--log-every", type=ranges.POSITIVE_INT, default=10, help="steps between metric lines")
+    run.add_argument("--save-every", type=ranges.POSITIVE_INT, default=None,
                      help="steps between resumable checkpoints (default: only at the end or on Ctrl-C)")
-    run.add_argument("--keep-last", type=int, default=1, help="resumable checkpoints kept")
+    run.add_argument("--keep-last", type=ranges.POSITIVE_INT, default=1, help="resumable checkpoints kept")
 
     speed = parser.add_argument_group("hardware and speed")
     speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
@@ -86,12 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import math
-    from pathlib import Path
 
     import torch
 
     from onebert.config import BertConfig
     from onebert.errors import OneBertError
+    from onebert.io_utils import check_output_dir, looks_like_run_dir
     from onebert.predict import DEFAULT_MAX_SEQ_LENGTH, load_tokenizer, model_class, resolve_model_dir
     from onebert.train import precision as prec
     from onebert.train.distributed import init_distributed, shutdown
@@ -115,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                  if getattr(args, n)]
         if given:
             raise OneBertError(f"{', '.join(given)} apply to --task classification only")
-    output = Path(args.output)
+    output = check_output_dir(args.output, "--output", inputs=[args.train, args.validation, args.model],
+                              made_by_onebert=looks_like_run_dir, kind="run directory")
     if args.resume is None and any((output / name).exists() for name in (BEST_DIR, FINAL_DIR)):
         raise OneBertError(f"{output}: already holds a fine-tuned model; choose another --output "
                            "(or --resume an interrupted run)")

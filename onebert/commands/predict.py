@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from onebert import ranges
+
 HELP = "predict with a fine-tuned model: JSON lines out, one per input"
 FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "conll", "squad")
 DESCRIPTION = (
@@ -24,9 +26,11 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
     parser.add_argument("--input", metavar="FILE|-", help="inputs; - reads stdin (required)")
-    parser.add_argument("--output", metavar="FILE|-", default="-", help="JSON lines; - writes stdout")
+    parser.add_argument("--output", metavar="FILE|-", default="-",
+                        help="JSON lines; - writes stdout. An existing file is replaced only if it holds JSON lines "
+                             "(never the --input)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
-    parser.add_argument("--batch-size", type=int, default=64, help="sequences per batch")
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification tables: text column")
     parser.add_argument("--text-pair-column", default=None, help="classification tables: second text column")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
@@ -40,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
-    from onebert.io_utils import atomic_write_text
+    from onebert.io_utils import atomic_write_text, check_output_file, is_json_lines
     from onebert.predict import Predictor
 
     for name in ("model", "input"):
         if not getattr(args, name):
             raise OneBertError(f"--{name} is required")
+    if args.output != "-":  # checked before the model is loaded: never the input, never a file of the user's
+        check_output_file(args.output, "--output", inputs=[args.input, args.model], made_by_onebert=is_json_lines,
+                          kind="JSON-lines predictions file")
     precision = "bf16" if args.bf16 else args.precision
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
     predictor.progress = True
@@ -169,6 +176,7 @@ def read_squad_input(path: Path, fmt: str) -> list[Any]:
     import json
 
     from onebert.data.tasks import QAExample, read_squad, read_text_file
+    from onebert.data.text_input import refuse_lone_surrogates
     from onebert.errors import OneBertError
 
     if fmt == "squad":
@@ -185,6 +193,7 @@ def read_squad_input(path: Path, fmt: str) -> list[Any]:
             raise OneBertError(f"{path}: line {number}: invalid JSON ({reason})") from None
         if not isinstance(record, dict):
             raise OneBertError(f"{path}: line {number}: expected an object with question and context")
+        refuse_lone_surrogates(record, f"{path}: line {number}", line)
         for key in ("question", "context"):
             if not isinstance(record.get(key), str):
                 raise OneBertError(f"{path}: line {number}: field {key!r} must be a string")

@@ -6,6 +6,8 @@ import argparse
 import os
 import re
 
+from onebert import ranges
+
 HELP = "build pretraining data (MLM + NSP instances) from text files"
 DESCRIPTION = (
     "Read a corpus (files, directories, globs, .gz; one-sentence-per-line, prose, Project Gutenberg, "
@@ -23,6 +25,9 @@ def _size(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
+_SHARD_SIZE = ranges.integer(1000, parse=_size, what="a size", unit="characters")  # PrepareConfig's minimum
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onebert.data.corpus import FORMATS
 
@@ -31,25 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DATA_DIR", required=True, help="the data directory to create")
     vocab = parser.add_mutually_exclusive_group()
     vocab.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer (a model or tokenizer directory)")
-    vocab.add_argument("--vocab-size", type=int, metavar="N", help="train a WordPiece vocabulary of N tokens on the corpus")
+    vocab.add_argument("--vocab-size", type=ranges.VOCAB_SIZE, metavar="N",
+                       help="train a WordPiece vocabulary of N tokens on the corpus")
     parser.add_argument("--cased", action="store_true", help="with --vocab-size: a cased vocabulary (otherwise text is lower-cased)")
-    parser.add_argument("--min-frequency", type=int, default=2, help="with --vocab-size: minimum pair frequency")
-    parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per instance, [CLS] and [SEP]s included")
-    parser.add_argument("--dupe-factor", type=int, default=5,
+    parser.add_argument("--min-frequency", type=ranges.NON_NEGATIVE_INT, default=2,
+                        help="with --vocab-size: minimum pair frequency")
+    parser.add_argument("--max-seq-length", type=ranges.PREPARE_SEQ_LENGTH, default=128,
+                        help="tokens per instance, [CLS] and [SEP]s included")
+    parser.add_argument("--dupe-factor", type=ranges.POSITIVE_INT, default=5,
                         help="passes over the corpus, each with different A/B cuts (training split)")
-    parser.add_argument("--short-seq-prob", type=float, default=0.1,
+    parser.add_argument("--short-seq-prob", type=ranges.PROBABILITY, default=0.1,
                         help="probability that a document gets a random shorter target length")
-    parser.add_argument("--seed", type=int, default=12345,
+    parser.add_argument("--seed", type=ranges.SEED, default=12345,
                         help="seeds the A/B cuts, the NotNext partners and the choice of held-out documents")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=ranges.POSITIVE_INT, default=min(4, os.cpu_count() or 1),
                         help="worker processes (the output does not depend on it)")
-    parser.add_argument("--shard-size", type=_size, default="4M",
+    parser.add_argument("--shard-size", type=_SHARD_SIZE, default="4M",
                         help="characters of corpus text per shard (bounds memory; sets the NotNext document pool)")
-    parser.add_argument("--validation-fraction", type=float, default=0.01,
+    parser.add_argument("--validation-fraction", type=ranges.number(0, 0.5, max_inclusive=False), default=0.01,
                         help="fraction of documents held out for validation")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input layout (auto: detected per file)")
     parser.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing data directory made by `onebert prepare` (never another "
+                             "directory, nor one that holds the corpus)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from onebert import ranges
+
 HELP = "pretrain a BERT (MLM + NSP) on a data directory from `onebert prepare`"
 DESCRIPTION = (
     "Pretrain a BERT from random weights on a data directory written by `onebert prepare`. Checkpoints "
@@ -27,6 +29,10 @@ def parse_duration(text: str) -> float:
     return sum(float(number) * scale[unit] for number, unit in parts)
 
 
+# '1' followed by 400 zeros parses to inf seconds: durations are range-checked like every number.
+_MAX_TIME = ranges.RangedType(ranges.TIME_BUDGET, parse=parse_duration, what="a duration")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onebert.config import PRESETS
 
@@ -34,45 +40,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--data", metavar="DATA_DIR", help="a data directory written by `onebert prepare` (required)")
     io.add_argument("--model-config", default="mini", metavar="NAME|FILE",
                     help=f"a preset ({', '.join(PRESETS)}; takes the data's vocabulary size) or a config.json")
-    io.add_argument("--output", metavar="RUN_DIR", help="the run directory: checkpoints, metrics, final model (required)")
+    io.add_argument("--output", metavar="RUN_DIR",
+                    help="the run directory: checkpoints, metrics, final model (required; new, empty or an "
+                         "earlier run's)")
     io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
                     help="continue a run: 'auto' (or the bare flag) = the newest intact checkpoint in RUN_DIR")
 
     length = parser.add_argument_group("length and batch")
-    length.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train")
-    length.add_argument("--max-time", type=parse_duration, default=None, metavar="DURATION",
+    length.add_argument("--max-steps", type=ranges.POSITIVE_INT, default=None, help="optimizer steps to train")
+    length.add_argument("--max-time", type=_MAX_TIME, default=None, metavar="DURATION",
                         help="time budget (e.g. 30m, 2h): stop on time, learning-rate decay fitted to the budget")
-    length.add_argument("--batch-size", type=int, default=32, help="sequences per micro-batch on each process")
-    length.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per optimizer step")
+    length.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32,
+                        help="sequences per micro-batch on each process")
+    length.add_argument("--grad-accum", type=ranges.POSITIVE_INT, default=1,
+                        help="micro-batches accumulated per optimizer step")
 
     optim = parser.add_argument_group("optimizer")
-    optim.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamW)")
-    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
-    optim.add_argument("--warmup-ratio", type=float, default=None,
+    optim.add_argument("--lr", type=ranges.POSITIVE, default=1e-4, help="peak learning rate (AdamW)")
+    optim.add_argument("--warmup-steps", type=ranges.NON_NEGATIVE_INT, default=None, help="linear warm-up steps")
+    optim.add_argument("--warmup-ratio", type=ranges.WARMUP_RATIO, default=None,
                        help="warm-up as a fraction of all steps (default 0.06 when no --warmup-steps)")
     optim.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear",
                        help="decay after warm-up (to 0 at the end)")
-    optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on bias/LayerNorm)")
-    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping threshold")
-    optim.add_argument("--max-bad-steps", type=int, default=5,
+    optim.add_argument("--weight-decay", type=ranges.NON_NEGATIVE, default=0.01,
+                       help="AdamW weight decay (not on bias/LayerNorm)")
+    optim.add_argument("--max-grad-norm", type=ranges.POSITIVE, default=1.0, help="gradient clipping threshold")
+    optim.add_argument("--max-bad-steps", type=ranges.POSITIVE_INT, default=5,
                        help="a step whose loss or gradients are NaN/inf is skipped (and logged); this many "
                             "in a row stop the run with a message (1: stop at the first)")
-    optim.add_argument("--seed", type=int, default=42, help="seeds weights, data order, masks and dropout")
+    optim.add_argument("--seed", type=ranges.SEED, default=42, help="seeds weights, data order, masks and dropout")
 
     masking = parser.add_argument_group("masking")
-    masking.add_argument("--mlm-probability", type=float, default=0.15,
+    masking.add_argument("--mlm-probability", type=ranges.number(0, 1, min_inclusive=False, max_inclusive=False),
+                         default=0.15,
                          help="fraction of tokens predicted in training (evaluation always uses 0.15)")
-    masking.add_argument("--max-predictions", type=int, default=None,
+    masking.add_argument("--max-predictions", type=ranges.POSITIVE_INT, default=None,
                          help="most predictions per sequence (default: mlm-probability x max_seq_length)")
     masking.add_argument("--whole-word-masking", action="store_true", help="mask all pieces of a word together")
 
     run = parser.add_argument_group("logging, evaluation, checkpoints")
-    run.add_argument("--log-every", type=int, default=10, help="steps between metric lines")
-    run.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (and at the end)")
-    run.add_argument("--eval-max-instances", type=int, default=None,
+    run.add_argument("--log-every", type=ranges.POSITIVE_INT, default=10, help="steps between metric lines")
+    run.add_argument("--eval-every", type=ranges.POSITIVE_INT, default=500,
+                     help="steps between held-out evaluations (and at the end)")
+    run.add_argument("--eval-max-instances", type=ranges.POSITIVE_INT, default=None,
                      help="evaluate on at most this many held-out instances (default: all)")
-    run.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (and at the end)")
-    run.add_argument("--keep-last", type=int, default=3, help="checkpoints kept")
+    run.add_argument("--save-every", type=ranges.POSITIVE_INT, default=500,
+                     help="steps between checkpoints (and at the end)")
+    run.add_argument("--keep-last", type=ranges.POSITIVE_INT, default=3, help="checkpoints kept")
 
     speed = parser.add_argument_group("hardware and speed")
     speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
@@ -81,13 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
     speed.add_argument("--compile", action="store_true", help="torch.compile the model")
     speed.add_argument("--ipex", action="store_true", help="optimize with Intel Extension for PyTorch (must be installed)")
-    speed.add_argument("--num-workers", type=int, default=1,
+    speed.add_argument("--num-workers", type=ranges.NON_NEGATIVE_INT, default=1,
                        help="0: build batches in the training thread; >= 1: build that many ahead in a background thread")
 
 
 def run(args: argparse.Namespace) -> int:
     from onebert.data.masking import MaskingConfig
     from onebert.errors import OneBertError
+    from onebert.io_utils import check_output_dir, looks_like_run_dir
     from onebert.train.config import TrainConfig
     from onebert.train.pretraining import pretrain
 
@@ -95,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
         raise OneBertError("--data is required (a directory written by `onebert prepare`)")
     if not args.output:
         raise OneBertError("--output is required (the run directory)")
-    from pathlib import Path
-
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise OneBertError(f"--output {args.output}: exists and is not a directory")
+    # New, empty or a run directory (resume, or a fresh run where none was checkpointed): never a
+    # directory of the user's, whose files config.yaml / metrics.jsonl could be replaced.
+    check_output_dir(args.output, "--output", inputs=[args.data], made_by_onebert=looks_like_run_dir,
+                     kind="run directory")
     if args.bf16:
         if args.precision not in ("auto", "bf16"):
             raise OneBertError(f"--bf16 contradicts --precision {args.precision}")

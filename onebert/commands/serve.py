@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from onebert import ranges
+
 HELP = "serve a model over HTTP: /predict, /embed, /health, OpenAPI at /docs"
 DESCRIPTION = (
     "Serve a model directory over HTTP (FastAPI + uvicorn). POST /predict runs the model's task "
@@ -11,23 +13,37 @@ DESCRIPTION = (
     "ner {\"texts\": [...]}, qa {\"question\": ..., \"context\": ...} or a list of them); POST /embed returns "
     "sentence embeddings for {\"texts\": [...]}; GET /health; the OpenAPI schema is at /openapi.json and /docs. "
     "Concurrent requests are batched together: up to --max-batch-size items, waiting at most "
-    "--max-latency-ms for company; at most --max-queue requests wait, more get 503.")
+    "--max-latency-ms for company; at most --max-queue requests wait, more get 503. Text fields must be "
+    "Unicode text: a lone UTF-16 surrogate (the JSON escape \\ud800 alone) gets 422 naming the field and item.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch-size", type=int, default=32, help="items per forward pass")
-    parser.add_argument("--max-latency-ms", type=float, default=10.0,
+    parser.add_argument("--port", type=ranges.PORT, default=8000)
+    parser.add_argument("--max-batch-size", type=ranges.POSITIVE_INT, default=32, help="items per forward pass")
+    parser.add_argument("--max-latency-ms", type=ranges.BATCH_WAIT_MS, default=10.0,
                         help="longest a request waits for others to share its batch")
-    parser.add_argument("--max-queue", type=int, default=256, help="waiting requests per endpoint before 503")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-queue", type=ranges.POSITIVE_INT, default=256,
+                        help="waiting requests per endpoint before 503")
+    parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
                         help="tokens per text (default: the model's limit); longer texts get 422")
-    parser.add_argument("--max-texts", type=int, default=128, help="items per request; more get 413")
-    parser.add_argument("--max-text-chars", type=int, default=100_000, help="characters per text; more get 413")
-    parser.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="request body size; more get 413")
-    parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    parser.add_argument("--max-texts", type=ranges.POSITIVE_INT, default=128, help="items per request; more get 413")
+    parser.add_argument("--max-text-chars", type=ranges.POSITIVE_INT, default=100_000,
+                        help="characters per text; more get 413")
+    parser.add_argument("--max-body-bytes", type=ranges.POSITIVE_INT, default=4 * 2**20,
+                        help="request body size; more get 413")
+    parser.add_argument("--request-timeout", type=ranges.REQUEST_TIMEOUT, default=60.0,
+                        help="seconds before a request gets 504; its model work stops at the next forward pass")
+    parser.add_argument("--max-windows", type=ranges.POSITIVE_INT, default=256, metavar="N",
+                        help="model sequences per request (NER and QA split long texts into windows of the "
+                             "model's length); a request needing more gets 413, so one client cannot hold the "
+                             "model for long")
+    parser.add_argument("--max-connections", type=ranges.POSITIVE_INT, default=512, metavar="N",
+                        help="open connections; one more is answered 503 and closed")
+    parser.add_argument("--client-timeout", type=ranges.REQUEST_TIMEOUT, default=10.0, metavar="SECONDS",
+                        help="time a client has to send a whole request (headers and body), from connecting "
+                             "or from the previous response; a slower one gets 408 and is disconnected")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
@@ -35,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         from onebert.serve.app import ServeSettings, create_app
-        from onebert.serve.server import serve_forever
+        from onebert.serve.server import listen, serve_forever
     except ModuleNotFoundError as exc:
         from onebert.errors import OneBertError
 
@@ -45,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
                              max_queue=args.max_queue, max_length=args.max_length, max_texts=args.max_texts,
                              max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,
-                             request_timeout_s=args.request_timeout, device=args.device)
+                             request_timeout_s=args.request_timeout, device=args.device,
+                             max_windows=args.max_windows, max_connections=args.max_connections,
+                             client_timeout_s=args.client_timeout)
+    sock = listen(args.host, args.port)  # a bad or busy port fails now, not after loading the model
     app = create_app(args.model, settings)
     routes = "/predict, /embed" if "predict" in app.state.batchers else "/embed (no task head: no /predict)"
     print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health; docs at /docs", flush=True)
-    serve_forever(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve_forever(app, host=args.host, port=args.port, log_level=args.log_level, sock=sock)
     return 0

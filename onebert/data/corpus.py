@@ -46,9 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from onebert.data.text_input import lone_surrogate
 from onebert.errors import OneBertError
 
 logger = logging.getLogger(__name__)
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 FORMATS = ("auto", "lines", "prose", "wikitext", "jsonl")
 
@@ -190,6 +192,8 @@ class CorpusSummary:
     boilerplate_lines: int = 0
     invalid_json_lines: int = 0
     records_without_text: int = 0
+    lone_surrogates: int = 0  # in JSONL texts ("\ud800" escapes): replaced by U+FFFD, like undecodable bytes
+    files_with_lone_surrogates: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -203,6 +207,9 @@ class CorpusSummary:
         if self.undecodable_lines:
             lines.append(f"{self.undecodable_lines} line(s) with bytes that are not UTF-8 (replaced by U+FFFD) in "
                          f"{', '.join(self.files_with_undecodable_bytes[:5])}")
+        if self.lone_surrogates:
+            lines.append(f"{self.lone_surrogates} lone surrogate(s) (JSON \\ud800-style escapes, not characters) "
+                         f"replaced with U+FFFD in {', '.join(self.files_with_lone_surrogates[:5])}")
         if self.long_lines:
             lines.append(f"{self.long_lines} line(s) longer than {MAX_LINE_BYTES} bytes were cut into pieces")
         if self.long_documents:
@@ -750,8 +757,15 @@ def _jsonl_documents(path: Path, summary: CorpusSummary, lines: Iterable[tuple[i
                 fields_seen.update(map(str, record))
             continue
         with_field += 1
+        text = record[text_field]
+        if lone_surrogate(text) is not None:
+            # The corpus's policy for text that is not text (as for undecodable bytes): replace and count.
+            text, replaced = _SURROGATES.subn("\ufffd", text)
+            summary.lone_surrogates += replaced
+            if str(path) not in summary.files_with_lone_surrogates:
+                summary.files_with_lone_surrogates.append(str(path))
         units = []
-        for p in prose_paragraphs(record[text_field]):
+        for p in prose_paragraphs(text):
             if has_text(p):
                 units.append(p)
             else:

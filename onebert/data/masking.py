@@ -45,7 +45,8 @@ class MaskingConfig:
             raise OneBertError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if self.max_predictions_per_seq is not None and self.max_predictions_per_seq < 1:
             raise OneBertError(f"max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}")
-        if self.mask_fraction < 0 or self.random_fraction < 0 or self.mask_fraction + self.random_fraction > 1:
+        if not 0 <= self.mask_fraction <= 1 or not 0 <= self.random_fraction <= 1 \
+                or self.mask_fraction + self.random_fraction > 1:  # written so that nan fails too
             raise OneBertError(f"mask_fraction {self.mask_fraction} and random_fraction {self.random_fraction} "
                                "must be >= 0 and sum to at most 1")
 

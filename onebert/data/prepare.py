@@ -266,13 +266,29 @@ def _describe(paths: Sequence[str | os.PathLike]) -> str:
     return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists():
-        if not output.is_dir():
-            raise OneBertError(f"{output}: exists and is not a directory")
-        if any(output.iterdir()) and not overwrite:
-            raise OneBertError(f"{output}: already exists and is not empty; choose another --output "
-                               f"or pass --overwrite to replace it")
+def is_data_dir(directory: Path) -> bool:
+    """A data directory `onebert prepare` wrote, holding nothing else: what --overwrite may replace whole."""
+    from onebert.io_utils import holds_only
+
+    try:
+        metadata = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("format") == FORMAT_NAME \
+        and holds_only(directory, (METADATA_FILE, SHARD_DIR, TOKENIZER_DIR))
+
+
+def _check_output(output: Path, overwrite: bool, corpus: Sequence[str | os.PathLike] = (),
+                  tokenizer_dir: str | os.PathLike | None = None) -> None:
+    """The output may be new, empty, or (with --overwrite) a data directory prepare made; never one that
+    is or holds the corpus or the tokenizer, never a directory of the user's (io_utils.check_output_dir)."""
+    from onebert.io_utils import check_output_dir
+
+    check_output_dir(output, "--output", inputs=[*corpus, *([tokenizer_dir] if tokenizer_dir else [])],
+                     made_by_onebert=is_data_dir, kind="data directory")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise OneBertError(f"{output}: already holds prepared data; choose another --output "
+                           f"or pass --overwrite to replace it")
 
 
 def _train_tokenizer(corpus: Sequence[str | os.PathLike], config: PrepareConfig, work: Path, vocab_size: int,
@@ -329,7 +345,7 @@ def prepare_pretraining_data(corpus: Sequence[str | os.PathLike], output: str | 
     resolve_corpus_paths(corpus)  # fail on a missing path before any work
     if tokenizer_dir is not None and not Path(tokenizer_dir).exists():
         raise OneBertError(f"{tokenizer_dir}: no such tokenizer directory")
-    _check_output(output, overwrite)
+    _check_output(output, overwrite, corpus, tokenizer_dir)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = output.parent / f".{output.name}.partial-{os.getpid()}"

@@ -31,11 +31,13 @@ import csv
 import io
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from onebert.data.text_input import check_input_file, check_label, refuse_lone_surrogates
 from onebert.errors import OneBertError
 
 logger = logging.getLogger(__name__)
@@ -107,16 +109,10 @@ class QAExample:
 
 def read_text_file(path: str | Path) -> str:
     """The file as text: UTF-8 with an optional BOM; errors name the line of a bad byte."""
-    path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
-        # A FIFO would block forever and /dev/zero would fill memory.
-        raise OneBertError(f"{path}: not a regular file (a pipe or device?)")
+    # A FIFO would block forever and /dev/zero would fill memory: only regular files are read.
+    path = check_input_file(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise OneBertError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise OneBertError(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
         raise OneBertError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if data.startswith(codecs.BOM_UTF8):
@@ -171,7 +167,7 @@ def read_classification(path: str | Path, *, text_column: Column = None, text_pa
     the label when `labelled=False`). `has_header=None` detects a header by its known column names.
     With `labelled=False` a missing label column is fine (prediction input).
     """
-    path = Path(path)
+    path = check_input_file(path)  # before the suffix: /dev/urandom is a device, not a file of unknown format
     fmt = table_format(path, file_format)
     text = read_text_file(path)
     if fmt == "jsonl":
@@ -180,8 +176,11 @@ def read_classification(path: str | Path, *, text_column: Column = None, text_pa
     if not rows:
         raise OneBertError(f"{path}: the file is empty")
     first_line, first = rows[0]
+    given = (text_column, text_pair_column, label_column)
     if has_header is None:
-        has_header = _looks_like_header(first, (text_column, text_pair_column, label_column))
+        has_header = _looks_like_header(first, given)
+        if not has_header and labelled and not any(column is not None for column in given):
+            _refuse_unknown_header(path, fmt, rows)
     if has_header:
         header = [name.strip() for name in first]
         rows = rows[1:]
@@ -210,6 +209,8 @@ def read_classification(path: str | Path, *, text_column: Column = None, text_pa
         label = fields[label_index].strip() if label_index is not None else None
         if labelled and label == "":
             raise OneBertError(f"{path}: line {line}: empty label")
+        if label:
+            check_label(label, f"{path}: line {line}")
         examples.append(TextExample(text=fields[text_index].strip(),
                                     text_pair=fields[pair_index].strip() if pair_index is not None else None,
                                     label=label, source=f"{path}: line {line}"))
@@ -250,6 +251,46 @@ def _looks_like_header(first: list[str], given: Sequence[Column]) -> bool:
     return bool(names & known)
 
 
+def _refuse_unknown_header(path: Path, fmt: str, rows: list[tuple[int, list[str]]]) -> None:
+    """Refuse a first row that is a header of names we do not know, instead of training on it.
+
+    A header-less file is read as `text[, text_pair], label`. Its first row is taken for a header when
+    its label cell cannot be a label of this file: every other row's label is a number and it is not
+    (this covers regression scores too), or the other rows use a few labels many times each and this
+    one never. Then the columns are unknown, and only the user can name them. A file whose first row
+    really is data with such a label (a class seen once) is read by giving the columns as indices.
+    """
+    first_line, first = rows[0]
+    label_index = {2: 1, 3: 2}.get(len(first))
+    if label_index is None:
+        return  # other widths need the columns given anyway (_columns_by_index says so)
+    first_label = first[label_index].strip()
+    others = [fields[label_index].strip() for _, fields in rows[1:] if len(fields) == len(first)]
+    if not others or not first_label:
+        return
+    reason = None
+    if all(_is_number(label) for label in others) and not _is_number(first_label):
+        reason = f"its label cell {_clip(first_label, 40)} is not a number, as every other row's is"
+    elif first_label not in others and len(others) >= 10 and len(set(others)) * 5 <= len(others):
+        reason = (f"its label cell {_clip(first_label, 40)} occurs nowhere else, while the other {len(others)} rows "
+                  f"use {len(set(others))} labels")
+    if reason is None:
+        return
+    separator = "tab" if fmt == "tsv" else "comma"
+    raise OneBertError(
+        f"{path}: line {first_line} looks like a header ({reason}), but no column name is known "
+        f"({_names([name.strip() for name in first])}; {separator}-separated); name the columns with --text-column, "
+        f"--label-column (and --text-pair-column) to read line {first_line} as a header, or give them as 0-based "
+        f"indices to read it as data")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _columns_from_header(path: Path, line: int, header: list[str], text_column: Column, text_pair_column: Column,
                          label_column: Column, labelled: bool) -> tuple[int, int | None, int | None]:
     lowered = [name.lower() for name in header]
@@ -286,7 +327,7 @@ def _columns_from_header(path: Path, line: int, header: list[str], text_column: 
                     break
         if text_index is None:
             raise OneBertError(f"{path}: line {line}: no text column found in the header ({_names(header)}); "
-                               f"name it with text_column (and text_pair_column for pairs)")
+                               f"name it with --text-column (and --text-pair-column for pairs)")
     label_index: int | None = None
     if label_column is not None:
         label_index = find(label_column, "label")
@@ -294,7 +335,7 @@ def _columns_from_header(path: Path, line: int, header: list[str], text_column: 
         label_index = next((lowered.index(n) for n in LABEL_COLUMNS if n in lowered), None)
         if label_index is None and labelled:
             raise OneBertError(f"{path}: line {line}: no label column found in the header ({_names(header)}); "
-                               f"name it with label_column")
+                               f"name it with --label-column")
     return text_index, pair_index, label_index
 
 
@@ -336,6 +377,7 @@ def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Co
             raise OneBertError(f"{path}: line {number}: invalid JSON ({_first_clause(exc)})") from None
         if not isinstance(record, dict):
             raise OneBertError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}")
+        refuse_lone_surrogates(record, f"{path}: line {number}", line)
         if names is None:
             names = _jsonl_names(path, number, record, text_column, text_pair_column, label_column, labelled)
         text_key, pair_key, label_key = names
@@ -352,6 +394,8 @@ def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Co
         label = values[2]
         if isinstance(label, bool):
             label = str(label).lower()
+        if label is not None:
+            check_label(str(label).strip(), f"{path}: line {number}")
         examples.append(TextExample(text=str(values[0]).strip(),
                                     text_pair=str(values[1]).strip() if values[1] is not None else None,
                                     label=str(label).strip() if label is not None else None,
@@ -374,7 +418,7 @@ def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Col
             single = next((by_lower[n] for n in SINGLE_COLUMNS if n in by_lower), None)
             if single is None:
                 raise OneBertError(f"{path}: line {line}: no text field found ({_names(record)}); "
-                                   f"name it with text_column")
+                                   f"name it with --text-column")
             text_key, pair_key = single, None
     if label_column is not None:
         label_key: str | None = str(label_column)
@@ -382,7 +426,7 @@ def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Col
         label_key = next((by_lower[n] for n in LABEL_COLUMNS if n in by_lower), None)
         if label_key is None and labelled:
             raise OneBertError(f"{path}: line {line}: no label field found ({_names(record)}); "
-                               f"name it with label_column")
+                               f"name it with --label-column")
     return text_key, pair_key, label_key
 
 
@@ -537,6 +581,7 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
         raise OneBertError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
         raise OneBertError(f"{path}: invalid JSON ({_first_clause(exc)})") from None
+    refuse_lone_surrogates(root, str(path), text)
     data = _field(path, root, "data", list, "")
     examples: list[QAExample] = []
     seen: dict[str, str] = {}

@@ -10,6 +10,13 @@ under load batches fill without waiting; when idle, a lone request waits at most
 The queue is bounded: a request that finds it full is refused at once (`QueueFull`, HTTP 503)
 rather than waiting without limit. All batchers share one single-thread executor: one model call
 at a time uses all the cores, and the tokenizers are not shared across threads.
+
+A request has a cost (default: its item count; the server passes model sequences, e.g. QA windows),
+and batches fill up to `max_batch_size` of cost, so one request of long contexts does not share a
+pass with 31 others like it. Work nobody waits for any more stops early: while a batch runs, the
+worker thread's `raise_if_abandoned()` (the server calls it before every forward pass of the model)
+raises `Abandoned` once every request of the batch has timed out or lost its client, so the single
+model thread is free for the next batch within one forward pass.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -29,11 +37,37 @@ class QueueFull(Exception):
     """The batcher's queue holds `max_queue` requests already."""
 
 
+class Abandoned(Exception):
+    """Every request of the running batch is gone (timed out, client disconnected): its work stops."""
+
+
+_worker = threading.local()  # .abandoned: the threading.Event of the batch this worker thread runs
+
+
+def raise_if_abandoned() -> None:
+    """In the worker thread: raise `Abandoned` if no request waits for the running batch any more.
+
+    Cheap (one Event check), so it can run before every forward pass; a no-op outside a batch.
+    """
+    event = getattr(_worker, "abandoned", None)
+    if event is not None and event.is_set():
+        raise Abandoned("every request of this batch timed out or disconnected")
+
+
+def _run_marked(process: Callable[[list[Any]], list[Any]], items: list[Any], abandoned: threading.Event) -> list[Any]:
+    _worker.abandoned = abandoned
+    try:
+        return process(items)
+    finally:
+        _worker.abandoned = None
+
+
 @dataclass
 class _Request:
     items: Sequence[Any]
     future: asyncio.Future
     enqueued: float
+    cost: int
 
 
 @dataclass
@@ -42,6 +76,7 @@ class BatchStats:
     items: int = 0
     batches: int = 0
     largest_batch: int = 0
+    abandoned: int = 0  # batches stopped early: nobody waited for them any more
     busy_seconds: float = 0.0
     sizes: list[int] = field(default_factory=list, repr=False)  # the last few batch sizes, for /health
 
@@ -56,7 +91,7 @@ class BatchStats:
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "items": self.items, "batches": self.batches,
                 "mean_batch_size": round(self.items / self.batches, 2) if self.batches else 0.0,
-                "largest_batch": self.largest_batch}
+                "largest_batch": self.largest_batch, "abandoned": self.abandoned}
 
 
 class DynamicBatcher:
@@ -101,14 +136,18 @@ class DynamicBatcher:
             if not request.future.done():
                 request.future.set_exception(RuntimeError("server shutting down"))
 
-    async def submit(self, items: Sequence[Any]) -> list[Any]:
-        """Results for `items`, in order, once a batch containing them has run."""
+    async def submit(self, items: Sequence[Any], cost: int | None = None) -> list[Any]:
+        """Results for `items`, in order, once a batch containing them has run.
+
+        cost: what the items weigh against `max_batch_size` (default: how many there are).
+        """
         if self._arrived is None or self._task is None or self._task.done():
             raise RuntimeError(f"batcher '{self.name}' is not running")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{self.max_queue} requests are already queued")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(list(items), future, time.perf_counter()))
+        self._pending.append(_Request(list(items), future, time.perf_counter(),
+                                      len(items) if cost is None else max(1, cost)))
         self._arrived.set()
         return await future
 
@@ -125,19 +164,23 @@ class DynamicBatcher:
         while not self._pending:
             await self._wait_for_arrival(None)
         first = self._pending.popleft()  # always taken, even when it alone exceeds max_batch_size
-        batch, size = [first], len(first.items)
+        batch, size = [first], first.cost
+        if not first.future.done():  # its timeout (or disconnect) ends the wait for company at once
+            first.future.add_done_callback(lambda _future: self._arrived.set())
         deadline = asyncio.get_running_loop().time() + self.max_latency
         while size < self.max_batch_size:
+            if first.future.done():
+                break  # it timed out waiting for company: no point in waiting longer
             if not self._pending:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0 or not await self._wait_for_arrival(remaining):
                     break
                 continue
-            if size + len(self._pending[0].items) > self.max_batch_size:
+            if size + self._pending[0].cost > self.max_batch_size:
                 break  # it stays first in line for the next batch
             request = self._pending.popleft()
             batch.append(request)
-            size += len(request.items)
+            size += request.cost
         return batch
 
     async def _run(self) -> None:
@@ -148,11 +191,24 @@ class DynamicBatcher:
             if not live:
                 continue
             items = [item for request in live for item in request.items]
+            abandoned = threading.Event()
+
+            def check_abandoned(_future: asyncio.Future, live=live, abandoned=abandoned) -> None:
+                if all(request.future.done() for request in live):
+                    abandoned.set()
+
+            for request in live:
+                request.future.add_done_callback(check_abandoned)
             start = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.process, items)
+                results = await loop.run_in_executor(self.executor, _run_marked, self.process, items, abandoned)
                 if len(results) != len(items):
                     raise RuntimeError(f"{self.name}: got {len(results)} results for {len(items)} inputs")
+            except Abandoned:
+                self.stats.abandoned += 1
+                log.warning("%s: batch of %d items stopped after %.2f s: every request timed out or disconnected",
+                            self.name, len(items), time.perf_counter() - start)
+                continue
             except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
                 log.exception("%s: batch of %d items failed", self.name, len(items))
                 for request in live:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ import torch
 
 from onebert.errors import OneBertError
 from onebert.io_utils import fsync_dir, os_error_behind
+from onebert.weights import unpickling_refusal_reason
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.pt"
@@ -193,8 +195,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     verify_checkpoint(path)
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{STATE_FILE} cannot be loaded (refused to unpickle anything but tensors and plain "
+                              f"values: {unpickling_refusal_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in many types
+        reason = unpickling_refusal_reason(exc) if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{STATE_FILE} cannot be loaded: {reason}") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise CheckpointError(f"{STATE_FILE} is not a onebert training checkpoint")

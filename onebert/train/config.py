@@ -38,28 +38,33 @@ class TrainConfig:
     measure_mfu: bool = True
 
     def validate(self) -> None:
+        """Refuse settings no run can use, with the ranges the command-line options declare (onebert/ranges.py):
+        the Python API gets the same protection as the CLI (nan or inf would train a NaN model)."""
+        from onebert import ranges
+
         if self.max_steps is None and self.max_time is None:
             raise OneBertError("give --max-steps or --max-time (or both): training needs an end")
         for name in ("max_steps", "grad_accum", "log_every", "save_every", "eval_every", "keep_last", "estimate_after"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise OneBertError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not isinstance(self.max_nonfinite, int) or self.max_nonfinite < 1:
-            raise OneBertError(f"--max-bad-steps must be a positive integer, got {self.max_nonfinite!r}")
-        if self.max_time is not None and self.max_time <= 0:
-            raise OneBertError(f"--max-time must be positive, got {self.max_time!r} seconds")
-        if not self.lr > 0:
-            raise OneBertError(f"--lr must be positive, got {self.lr!r}")
+            if value is not None:
+                ranges.POSITIVE_INT.range.check(value, f"--{name.replace('_', '-')}")
+        ranges.POSITIVE_INT.range.check(self.max_nonfinite, "--max-bad-steps")
+        if self.max_time is not None:
+            ranges.TIME_BUDGET.check(self.max_time, "--max-time")
+        ranges.POSITIVE.range.check(self.lr, "--lr")
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             raise OneBertError("give --warmup-steps or --warmup-ratio, not both")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise OneBertError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            raise OneBertError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            raise OneBertError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise OneBertError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        if self.warmup_steps is not None:
+            ranges.NON_NEGATIVE_INT.range.check(self.warmup_steps, "--warmup-steps")
+        if self.warmup_ratio is not None:
+            ranges.WARMUP_RATIO.range.check(self.warmup_ratio, "--warmup-ratio")
+        ranges.NON_NEGATIVE.range.check(self.weight_decay, "--weight-decay")
+        ranges.POSITIVE.range.check(self.adam_eps, "--adam-eps")
+        for beta in self.adam_betas:
+            ranges.Range(min=0, max=1, max_inclusive=False).check(beta, "adam_betas")
+        if self.max_grad_norm is not None:
+            ranges.POSITIVE.range.check(self.max_grad_norm, "--max-grad-norm")
+        ranges.SEED.range.check(self.seed, "--seed")
 
 
 __all__ = ["TrainConfig"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from onebert.errors import OneBertError
+from onebert.io_utils import atomic_directory
 from onebert.model import IGNORE_INDEX, training_flops
 from onebert.predict import LOWER_IS_BETTER, TaskSpec, decode, encode, forward, score
 from onebert.tasks import collate
@@ -114,22 +114,13 @@ class LengthGroupedBatches:
 def save_model_dir(model: nn.Module, tokenizer, spec: TaskSpec, directory: Path, **facts: Any) -> None:
     """Write model + tokenizer + task spec as one HuggingFace-layout directory, replacing any old one whole.
 
-    Written beside the target and renamed into place, so a crash leaves the previous directory intact.
+    Staged beside the target and renamed into place (io_utils.atomic_directory), so a crash or a full
+    disk leaves the previous directory intact and no half-written one.
     """
-    directory = Path(directory)
-    staging = directory.with_name(f".{directory.name}.tmp")
-    retired = directory.with_name(f".{directory.name}.old")
-    for leftover in (staging, retired):
-        if leftover.exists():
-            shutil.rmtree(leftover)
     model.config = spec.apply_to(model.config, **facts)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if directory.exists():
-        directory.rename(retired)
-    staging.rename(directory)
-    if retired.exists():
-        shutil.rmtree(retired)
+    with atomic_directory(directory) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 def read_best(run_dir: Path, metric: str) -> float | None:

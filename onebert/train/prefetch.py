@@ -10,10 +10,15 @@ ahead: resume stays exact with prefetching on.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from typing import Any, Iterator
 
 import torch
+
+# Building one batch takes milliseconds to a few seconds; a producer that needs longer than this to
+# notice the stop is stuck (in a read on a hung file system, say), and waiting on it would hang the run.
+JOIN_TIMEOUT_S = 60.0
 
 
 class PrefetchedBatches:
@@ -38,27 +43,32 @@ class PrefetchedBatches:
         self._state = self.source.state_dict()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The batches in order. Closing the iterator (the training loop does, on success and on error)
+        stops the producer thread and joins it before `close()` returns."""
         self._started = True
         ready: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
+
+        def offer(item: tuple[Any, Any]) -> bool:
+            """Queue `item` unless the consumer has gone; False when it has."""
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def produce() -> None:
             try:
                 for batch in self.source:
                     if self.pin_memory:
                         batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                    item = (batch, self.source.state_dict())
-                    while not stop.is_set():
-                        try:
-                            ready.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not offer((batch, self.source.state_dict())) or stop.is_set():
                         return
-                ready.put((self._DONE, None))
+                offer((self._DONE, None))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
-                ready.put((exc, None))
+                offer((exc, None))
 
         thread = threading.Thread(target=produce, name="onebert-prefetch", daemon=True)
         thread.start()
@@ -73,3 +83,19 @@ class PrefetchedBatches:
                 yield batch
         finally:
             stop.set()
+            _join(thread, ready)
+
+
+def _join(thread: threading.Thread, ready: queue.Queue) -> None:
+    """Wait for the producer to finish the batch it is building (its next stop check); say so if it hangs.
+
+    A daemon thread is not enough: one still inside torch code when the interpreter exits is torn
+    down there and the process aborts ("terminate called without an active exception", exit 134)
+    after a run that has succeeded.
+    """
+    thread.join(timeout=JOIN_TIMEOUT_S)
+    if thread.is_alive():
+        print(f"onebert: warning: the batch prefetch thread did not stop within {JOIN_TIMEOUT_S:g} s",
+              file=sys.stderr, flush=True)
+    while not ready.empty():  # drop the queued batches now rather than whenever the generator is collected
+        ready.get_nowait()

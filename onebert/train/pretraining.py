@@ -20,7 +20,7 @@ from onebert.config import PRESETS, BertConfig, resolve_config
 from onebert.data.masking import MaskingConfig
 from onebert.data.shards import PretrainingData
 from onebert.errors import OneBertError
-from onebert.io_utils import atomic_write_bytes
+from onebert.io_utils import atomic_directory, atomic_write_bytes
 from onebert.model import IGNORE_INDEX, BertForPreTraining, training_flops
 from onebert.train import precision as prec
 from onebert.train.config import TrainConfig
@@ -125,10 +125,14 @@ class PretrainingTask(TrainingTask):
 
     # ---- the deliverable
     def save_final(self, model: nn.Module, directory: Path) -> None:
-        """A HuggingFace-layout model directory: config.json, model.safetensors and the tokenizer files."""
-        model.save_pretrained(directory)
-        for source in self.tokenizer_files:
-            atomic_write_bytes(Path(directory) / Path(source).name, Path(source).read_bytes())
+        """A HuggingFace-layout model directory: config.json, model.safetensors and the tokenizer files.
+
+        Staged beside `directory` and renamed into place whole: a full disk or a kill leaves no half model.
+        """
+        with atomic_directory(directory) as staging:
+            model.save_pretrained(staging)
+            for source in self.tokenizer_files:
+                atomic_write_bytes(staging / Path(source).name, Path(source).read_bytes())
 
 
 def pretrain(data_dir: str, model_config: str, config: TrainConfig, *, batch_size: int, masking: MaskingConfig,

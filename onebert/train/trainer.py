@@ -14,9 +14,10 @@ checkpoint.py  the saved state and exact resume
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -102,7 +103,11 @@ class Trainer:
         result = TrainResult(step=self.step)
         evaluated_at = saved_at = -1
 
-        with StopRequest() as stop:
+        # Closing the batch iterator on the way out of the loop, by return or by exception, joins a
+        # prefetch thread (onebert.train.prefetch) before anything else ends: a thread left running
+        # into interpreter shutdown can abort the process after a successful run.
+        # dist.failures(): a rank that saw another rank die says so in one line (see onebert.train.distributed).
+        with StopRequest() as stop, _closing(batches), self.dist.failures():
             while not self.budget.reached(self.step, self.schedule):
                 lr = self.schedule.lr(self.step + 1)
                 self.meter.add(step_fn(batches, self.step, lr))
@@ -218,6 +223,11 @@ class Trainer:
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "ranks": ranks,
                  "trainer": dict(self.counters), "options": options}
         return ckpt.save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+
+
+def _closing(batches: Iterator[Batch]) -> contextlib.AbstractContextManager:
+    """Close `batches` (a generator, a prefetcher's iterator) on leaving the block; plain iterators need nothing."""
+    return contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext()
 
 
 def _describe(value: Any) -> str:

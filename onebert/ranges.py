@@ -138,7 +138,7 @@ TIME_BUDGET = Range(min=0, max=366 * 86400, min_inclusive=False, unit="seconds")
 # serve: inf would make a lone request wait for company forever, nan makes every request time out.
 BATCH_WAIT_MS = number(0, 60_000)
 REQUEST_TIMEOUT = number(0, 86_400, min_inclusive=False)
-# `onebert prepare`'s instances: onebert/data/pretraining.py MIN_SEQ_LENGTH..MAX_SEQ_LENGTH (a test keeps them equal).
+# `onebert prepare`'s instances: onebert/data/prepare.py MIN_SEQ_LENGTH..MAX_SEQ_LENGTH (a test keeps them equal).
 PREPARE_SEQ_LENGTH = integer(9, 512)
 VOCAB_SIZE = integer(6)                   # more than the 5 special tokens ([PAD] [UNK] [CLS] [SEP] [MASK])
 # Tokens a text must be allowed: [CLS], [SEP] and at least one of its own; a pair needs [CLS] A [SEP] B [SEP].

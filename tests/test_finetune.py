@@ -319,7 +319,7 @@ def test_ner_accumulation_normalises_by_the_labelled_tokens_of_the_whole_step(ti
     from onebert.tasks import collate
     from onebert.train.distributed import DistContext
     from onebert.train.finetuning import FineTuningTask
-    from onebert.train.loop import accumulate_gradients, step_totals
+    from onebert.train.step import accumulate_gradients, step_totals
 
     import tempfile
     from pathlib import Path

@@ -13,7 +13,7 @@ MAX_LEN = 128
 @pytest.fixture(scope="module")
 def real_data(shared_data, minilm_dir, tmp_path_factory):
     """A prepared data directory from two real books, tokenized with the real uncased BERT vocabulary."""
-    from onebert.data.pretraining import PrepareConfig, prepare_pretraining_data
+    from onebert.data.prepare import PrepareConfig, prepare_pretraining_data
     from onebert.data.shards import PretrainingData
 
     out = tmp_path_factory.mktemp("masking") / "data"

@@ -183,7 +183,7 @@ def test_argparse_mistakes_are_one_line_without_usage_block(capsys):
     ("adam_eps", -1.0), ("warmup_ratio", math.nan), ("max_time", math.inf), ("grad_accum", 0), ("seed", -1),
 ])
 def test_train_config_refuses_what_the_command_line_refuses(field, value, tmp_path):
-    from onebert.train.loop import TrainConfig
+    from onebert.train.config import TrainConfig
 
     config = TrainConfig(output_dir=str(tmp_path), max_steps=10, **{field: value})
     with pytest.raises(OneBertError, match=f"--{field.replace('_', '-')} must be "):
@@ -208,7 +208,7 @@ def test_masking_config_refuses_nan_fractions():
 
 
 def test_declared_ranges_match_the_library_limits():
-    from onebert.data.pretraining import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
+    from onebert.data.prepare import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
     from onebert.tokenizer import SPECIAL_TOKENS
 
     assert (ranges.PREPARE_SEQ_LENGTH.range.min, ranges.PREPARE_SEQ_LENGTH.range.max) == (MIN_SEQ_LENGTH,

@@ -15,7 +15,8 @@ from synthetic_pretraining import SyntheticBatches, prepare_small_corpus
 from onebert.errors import OneBertError
 from onebert.model import BertForPreTraining
 from onebert.train.distributed import DistContext
-from onebert.train.loop import TrainConfig, accumulate_gradients, step_totals, train
+from onebert.train.step import accumulate_gradients, step_totals
+from onebert.train.trainer import TrainConfig, train
 from onebert.train.metrics_log import read_metrics
 from onebert.train.pretraining import PretrainingTask
 

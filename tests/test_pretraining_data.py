@@ -10,7 +10,7 @@ import pytest
 
 from onebert.cli import main
 from onebert.data.instances import IS_NEXT, NOT_NEXT, TokenizedDocument, create_instances, materialize
-from onebert.data.pretraining import PrepareConfig, prepare_pretraining_data, tokenize_documents
+from onebert.data.prepare import PrepareConfig, prepare_pretraining_data, tokenize_documents
 from onebert.data.shards import PretrainingData, permuted_indices
 from onebert.errors import OneBertError
 
@@ -187,7 +187,7 @@ def test_held_out_documents_never_reach_the_training_shards(small_data):
 
 def test_blocks_hold_at_least_two_documents_and_a_lone_last_document_joins_the_previous_block():
     from onebert.data.corpus import Document
-    from onebert.data.pretraining import _BlockBuilder
+    from onebert.data.prepare import _BlockBuilder
 
     builder = _BlockBuilder("train", size=100)
     released = []

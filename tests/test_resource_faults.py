@@ -22,7 +22,7 @@ from onebert.cli import main
 from onebert.errors import OneBertError
 from onebert.model import BertForPreTraining
 from onebert.train import checkpoint as ckpt
-from onebert.train.loop import TrainConfig, train
+from onebert.train.trainer import TrainConfig, train
 from onebert.train.pretraining import PretrainingTask
 
 NO_SPACE = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -54,9 +54,9 @@ def test_pretrain_leaves_no_thread_alive_when_it_returns(prepared, tmp_path):
 def test_pretrain_leaves_no_thread_alive_when_a_step_raises(prepared, tmp_path, monkeypatch):
     """A crash mid-training (here a step that raises) joins the prefetcher before the error propagates,
     although the traceback keeps the loop's frame, and so the batch iterator, alive."""
-    import onebert.train.loop as loop
+    import onebert.train.step as step
 
-    real, calls = loop.accumulate_gradients, []
+    real, calls = step.accumulate_gradients, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -64,7 +64,7 @@ def test_pretrain_leaves_no_thread_alive_when_a_step_raises(prepared, tmp_path, 
             raise RuntimeError("injected failure in step 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "accumulate_gradients", failing)
+    monkeypatch.setattr(step, "accumulate_gradients", failing)
     before = set(threading.enumerate())
     with pytest.raises(RuntimeError, match="injected failure"):
         _quiet_main(_pretrain_args(prepared, tmp_path / "run", "--max-steps", 5))
@@ -101,12 +101,12 @@ def test_finetune_leaves_no_thread_alive_on_success_and_on_error(tmp_path, monke
     assert _quiet_main([*args, "--output", str(tmp_path / "ok")]) == 0
     assert _new_threads(before) == []
 
-    import onebert.train.loop as loop
+    import onebert.train.step as step
 
     def failing(*a, **k):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(loop, "accumulate_gradients", failing)
+    monkeypatch.setattr(step, "accumulate_gradients", failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         _quiet_main([*args, "--output", str(tmp_path / "failed")])
     assert _new_threads(before) == []

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def is_demo_dir(directory) -> bool:
     """An earlier demo's --output holding nothing of the user's: only corpus/ (the built-in corpus'
     module_NNNN.txt files), data/ (prepared data) and run/ (a run's files). A re-run replaces those."""
-    from onebert.data.pretraining import is_data_dir
+    from onebert.data.prepare import is_data_dir
     from onebert.io_utils import holds_only, is_replaceable_run_dir
 
     if not holds_only(directory, ("corpus", "data", "run")):

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from onebert.data.pretraining import PrepareConfig, prepare_pretraining_data
+    from onebert.data.prepare import PrepareConfig, prepare_pretraining_data
     from onebert.errors import OneBertError
 
     if args.tokenizer is None and args.vocab_size is None:

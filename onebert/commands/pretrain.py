@@ -100,25 +100,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from onebert.model.config import PRESETS, resolve_config
-    from onebert.data import MaskingConfig, PretrainingData
+    from onebert.data.masking import MaskingConfig
     from onebert.errors import OneBertError
     from onebert.io_utils import check_output_dir, looks_like_run_dir
-    from onebert.model import BertForPreTraining
-    from onebert.train import precision as prec
-    from onebert.train.distributed import init_distributed, shutdown
-    from onebert.train.loop import TrainConfig, train
-    from onebert.train.prefetch import PrefetchedBatches
-    from onebert.train.pretraining import PretrainingTask
+    from onebert.train.config import TrainConfig
+    from onebert.train.pretraining import pretrain
 
     if not args.data:
         raise OneBertError("--data is required (a directory written by `onebert prepare`)")
     if not args.output:
         raise OneBertError("--output is required (the run directory)")
-    from pathlib import Path
-
     # New, empty or a run directory (resume, or a fresh run where none was checkpointed): never a
     # directory of the user's, whose files config.yaml / metrics.jsonl could be replaced.
     check_output_dir(args.output, "--output", inputs=[args.data], made_by_onebert=looks_like_run_dir,
@@ -134,21 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup_steps is None and args.warmup_ratio is None:
         args.warmup_ratio = 0.06
 
-    # ---- everything is checked before anything is written
-    data = PretrainingData.open(args.data)
-    if args.model_config in PRESETS:
-        config = resolve_config(args.model_config, vocab_size=data.vocab_size, pad_token_id=data.pad_token_id)
-    else:
-        config = resolve_config(args.model_config)
-        if config.vocab_size != data.vocab_size:
-            raise OneBertError(f"{args.model_config}: vocab_size is {config.vocab_size} but {args.data} was built with "
-                               f"a vocabulary of {data.vocab_size} tokens; set vocab_size to {data.vocab_size} or "
-                               "prepare the data with this model's tokenizer")
-    data.check_compatible(vocab_size=config.vocab_size, max_position_embeddings=config.max_position_embeddings)
-    _check_model_tokenizer(args.model_config, data)
     masking = MaskingConfig(mlm_probability=args.mlm_probability, max_predictions_per_seq=args.max_predictions,
                             whole_word=args.whole_word_masking)
-    masking.validate()
     loop_config = TrainConfig(
         output_dir=args.output, max_steps=args.max_steps, max_time=args.max_time, grad_accum=args.grad_accum,
         lr=args.lr, warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio if args.warmup_steps is None else None,
@@ -156,57 +134,7 @@ def run(args: argparse.Namespace) -> int:
         max_nonfinite=args.max_bad_steps, seed=args.seed,
         save_every=args.save_every, keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every,
         resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device)
-    loop_config.validate()
-
-    dist = init_distributed(prec.device_type(args.device))
-    try:
-        batches = data.train_batches(args.batch_size, seed=args.seed, rank=dist.rank, world_size=dist.world_size,
-                                     masking=masking)
-        device_type = prec.device_type(args.device)
-        source = batches if args.num_workers == 0 else PrefetchedBatches(
-            batches, depth=2 * args.num_workers, pin_memory=device_type == "cuda")
-        eval_size = 2 * args.batch_size
-        # Held-out numbers use BERT's standard 15% masking whatever the training rate, so that runs
-        # trained with different --mlm-probability values stay comparable.
-        eval_masking = MaskingConfig(whole_word=args.whole_word_masking)
-
-        def eval_data():
-            return data.validation_batches(eval_size, seed=0, rank=dist.rank, world_size=dist.world_size,
-                                           masking=eval_masking, max_instances=args.eval_max_instances)
-
-        task = PretrainingTask(config, source, args.batch_size,
-                               eval_data=eval_data if data.num_validation_instances else None,
-                               tokenizer_files=sorted(p for p in data.tokenizer_dir.iterdir() if p.is_file()))
-        torch.manual_seed(args.seed)
-        model = BertForPreTraining(config)
-        if dist.is_main:
-            print(f"model: {args.model_config} ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-                  f"{config.num_attention_heads} heads, vocab {config.vocab_size}); data: {args.data} "
-                  f"({len(data.train):,} training / {data.num_validation_instances:,} held-out instances of up to "
-                  f"{data.max_seq_length} tokens, {batches.batches_per_epoch:,} global batches per epoch)")
-            if not data.num_validation_instances:
-                print("note: the data has no held-out split; no evaluation (prepare with --validation-fraction > 0)")
-        options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
-        shape = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))}
-        result = train(task, model, loop_config, options=options, dist=dist, notes={"model": shape})
-    finally:
-        shutdown(dist)
-    if result.interrupted:
-        return 130
-    if dist.is_main and result.eval_metrics:
-        m = result.eval_metrics
-        print(f"held-out: MLM accuracy {m['mlm_accuracy']:.1%} (loss {m['mlm_loss']:.3f}), "
-              f"NSP accuracy {m['nsp_accuracy']:.1%} (loss {m['nsp_loss']:.3f})")
-    return 0
-
-
-def _check_model_tokenizer(model_config: str, data) -> None:
-    """A --model-config that is a model directory with a tokenizer must use the data's vocabulary."""
-    from pathlib import Path
-
-    directory = Path(model_config)
-    if not directory.is_dir() or not any((directory / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
-        return
-    from onebert.tokenizer import Tokenizer
-
-    data.check_compatible(tokenizer=Tokenizer.from_pretrained(directory))
+    options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
+    result = pretrain(args.data, args.model_config, loop_config, batch_size=args.batch_size, masking=masking,
+                      eval_max_instances=args.eval_max_instances, num_workers=args.num_workers, options=options)
+    return 130 if result.interrupted else 0

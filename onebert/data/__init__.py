@@ -1,11 +1,12 @@
 """Data for pretraining (the fine-tuning readers are in `onebert.tasks.readers`).
 
-Pretraining data flows through five small modules:
+Pretraining data flows through six small modules:
 
 - `corpus`       text files -> documents of sentences (formats, Gutenberg, WikiText, JSONL, .gz; a summary
                  of everything skipped);
 - `instances`    documents -> NSP instances `[CLS] A [SEP] B [SEP]`, as Google's create_pretraining_data.py;
-- `pretraining`  the parallel, deterministic build of a data directory (`onebert prepare`);
+- `prepare`      the parallel, deterministic build of a data directory (`onebert prepare`);
+- `format`       that directory's layout and names, which the writer and the reader share;
 - `shards`       reading it back: memory-mapped shards, shuffled batches per rank, exact resume;
 - `masking`      MLM masking at batch time (80/10/10, whole-word), reproducible without RNG state.
 
@@ -45,8 +46,8 @@ _EXPORTS = {
     "MaskingConfig": "onebert.data.masking",
     "MaskingVocab": "onebert.data.masking",
     "mask_tokens": "onebert.data.masking",
-    "PrepareConfig": "onebert.data.pretraining",
-    "prepare_pretraining_data": "onebert.data.pretraining",
+    "PrepareConfig": "onebert.data.prepare",
+    "prepare_pretraining_data": "onebert.data.prepare",
     "read_documents": "onebert.data.corpus",
     "split_sentences": "onebert.data.corpus",
 }

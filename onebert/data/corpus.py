@@ -543,14 +543,8 @@ class _ProseDocuments:
 
         def close_document() -> Iterator[Document]:
             nonlocal paragraphs, pending, held
-            units = []
-            for p in paragraphs:
-                if has_text(p):
-                    units.append(p)
-                else:
-                    self.summary.units_without_text += 1
+            document = Document(self._text_units(paragraphs), f"{self.path}:{doc_line}")
             paragraphs = []
-            document = Document(units, f"{self.path}:{doc_line}")
             if pending is not None:
                 document = Document(pending.units + document.units, pending.source)
                 pending = None
@@ -603,12 +597,22 @@ class _ProseDocuments:
                 yield from end_paragraph()
         yield from end_paragraph()
         yield from close_document()
+        last = self._last_document(held, pending)
+        if last is not None:
+            yield last
+
+    def _text_units(self, paragraphs: list[str]) -> list[str]:
+        """The paragraphs that hold text; the others are counted in the summary and left out."""
+        units = [p for p in paragraphs if has_text(p)]
+        self.summary.units_without_text += len(paragraphs) - len(units)
+        return units
+
+    @staticmethod
+    def _last_document(held: Document | None, pending: Document | None) -> Document | None:
+        """The held-back last document, with a tail too short to stand alone merged into it."""
         if pending is not None and held is not None:
-            held = Document(held.units + pending.units, held.source)
-        elif pending is not None:
-            held = pending
-        if held is not None:
-            yield held
+            return Document(held.units + pending.units, held.source)
+        return pending if pending is not None else held
 
     def _between_markers(self, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
         started = False

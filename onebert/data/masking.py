@@ -83,7 +83,7 @@ class MaskingVocab:
 # Counter-based random numbers
 # ----------------------------------------------------------------------------------------------
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijective mixer of 64-bit integers (uint64 arithmetic wraps on purpose)."""
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
@@ -96,14 +96,14 @@ def hash_key(*values: int) -> np.uint64:
     """One 64-bit key from a few integers (seed, epoch, ...)."""
     h = np.array([0x6A09E667F3BCC908], dtype=_UINT64)
     for v in values:
-        h = _splitmix64(h ^ np.array([int(v) & 0xFFFFFFFFFFFFFFFF], dtype=_UINT64))
+        h = splitmix64(h ^ np.array([int(v) & 0xFFFFFFFFFFFFFFFF], dtype=_UINT64))
     return h[0]
 
 
 def _token_hashes(row_keys: np.ndarray, length: int, stream: int) -> np.ndarray:
     positions = np.arange(length, dtype=_UINT64) * _UINT64(4) + _UINT64(stream)
     with np.errstate(over="ignore"):
-        return _splitmix64(row_keys[:, None] ^ _splitmix64(positions)[None, :])
+        return splitmix64(row_keys[:, None] ^ splitmix64(positions)[None, :])
 
 
 def _uniform(hashes: np.ndarray) -> np.ndarray:
@@ -123,10 +123,10 @@ def mask_tokens(input_ids: np.ndarray, attention_mask: np.ndarray, instance_ids:
     candidates = np.asarray(attention_mask).astype(bool) & ~np.isin(ids, vocab.never_mask_ids)
     real = candidates.sum(axis=1)
     base = hash_key(seed, epoch)
-    row_keys = _splitmix64(np.asarray(instance_ids, dtype=np.int64).astype(_UINT64) ^ base)
+    row_keys = splitmix64(np.asarray(instance_ids, dtype=np.int64).astype(_UINT64) ^ base)
 
     # k predictions per sequence, stochastically rounded so the expected rate is exactly mlm_probability.
-    rounding = _uniform(_splitmix64(row_keys ^ _UINT64(0x5851F42D4C957F2D)))
+    rounding = _uniform(splitmix64(row_keys ^ _UINT64(0x5851F42D4C957F2D)))
     k = np.floor(config.mlm_probability * real + rounding).astype(np.int64)
     k = np.where(real > 0, np.clip(k, 1, max_predictions), 0)
 

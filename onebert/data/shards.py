@@ -1,14 +1,6 @@
 """A prepared pretraining data directory: shard files on disk, shuffled batches, exact positions.
 
-Layout written by `onebert prepare` (see onebert.data.pretraining)::
-
-    DATA_DIR/metadata.json               format, version, tokenizer fingerprint, settings, counts, shard list
-    DATA_DIR/tokenizer/                  the tokenizer the ids come from (save_pretrained layout)
-    DATA_DIR/shards/train-00000.tokens.npy     uint16 (int32 for vocabularies > 65535), all instances
-    DATA_DIR/shards/train-00000.offsets.npy    int64 [n+1]: instance i is tokens[offsets[i]:offsets[i+1]]
-    DATA_DIR/shards/train-00000.a_lengths.npy  uint16 [n]: tokens in segment A
-    DATA_DIR/shards/train-00000.labels.npy     uint8 [n]: 0 IsNext, 1 NotNext
-    DATA_DIR/shards/validation-00000.*.npy     the held-out documents' instances, same layout
+The layout written by `onebert prepare` is described in `onebert.data.format`.
 
 Every array is memory-mapped, so opening a data directory costs no memory in proportion to
 the corpus, and a batch reads only its own instances.
@@ -25,7 +17,6 @@ state: resuming from it replays exactly the remaining batches.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -34,15 +25,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from onebert.data.masking import MaskingConfig, MaskingVocab, _splitmix64, hash_key, mask_tokens
+from onebert.data.format import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, SHARD_DIR, SHARD_FIELDS, TOKENIZER_DIR,
+                                 shard_file, tokenizer_fingerprint)
+from onebert.data.masking import MaskingConfig, MaskingVocab, hash_key, mask_tokens, splitmix64
 from onebert.errors import OneBertError
 
-FORMAT_NAME = "onebert-pretraining-data"
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-TOKENIZER_DIR = "tokenizer"
-SHARD_DIR = "shards"
-SHARD_FIELDS = ("tokens", "offsets", "a_lengths", "labels")
 SPLITS = ("train", "validation")
 # Validation instances get ids in their own range so their masks never coincide with training masks.
 VALIDATION_ID_OFFSET = 1 << 48
@@ -116,24 +103,6 @@ def check_shard_name(meta_file: Path, where: str, name: Any) -> str:
     return name
 
 
-def shard_file(directory: Path, name: str, field: str) -> Path:
-    return directory / SHARD_DIR / f"{name}.{field}.npy"
-
-
-def write_shard(directory: Path, name: str, arrays: dict[str, np.ndarray]) -> str:
-    """Write one shard's arrays (each file atomically) and return a SHA-256 of their contents."""
-    from onebert.io_utils import atomic_path
-
-    digest = hashlib.sha256()
-    for field in SHARD_FIELDS:
-        array = np.ascontiguousarray(arrays[field])
-        digest.update(field.encode())
-        digest.update(str(array.dtype).encode())
-        digest.update(array.tobytes())
-        with atomic_path(shard_file(directory, name, field)) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-    return digest.hexdigest()
 
 
 class _Shard:
@@ -236,7 +205,7 @@ def permuted_indices(positions: np.ndarray, n: int, key: int, rounds: int = 4) -
     def feistel(x: np.ndarray) -> np.ndarray:
         left, right = x >> half, x & mask
         for rk in round_keys:
-            left, right = right, left ^ (_splitmix64(right ^ rk) & mask)
+            left, right = right, left ^ (splitmix64(right ^ rk) & mask)
         return (left << half) | right
 
     out = np.empty(len(positions), dtype=np.uint64)
@@ -428,8 +397,6 @@ class PretrainingData:
         """Refuse a model whose vocabulary or positions do not fit this data (one-line OneBertError)."""
         meta = self.directory / METADATA_FILE
         if tokenizer is not None:
-            from onebert.data.pretraining import tokenizer_fingerprint
-
             if tokenizer_fingerprint(tokenizer) != self.metadata["tokenizer"]["vocab_sha256"]:
                 raise OneBertError(f"{meta}: this data was built with another vocabulary than the model's tokenizer "
                                    f"({self.vocab_size} tokens, sha256 {self.metadata['tokenizer']['vocab_sha256'][:12]}"

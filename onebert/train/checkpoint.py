@@ -232,3 +232,52 @@ def resolve_resume(run_dir: str | os.PathLike, resume: str, log=print) -> tuple[
         raise OneBertError(f"{checkpoint_dir(run_dir)}: none of the {len(candidates)} checkpoints is intact; "
                            "nothing to resume from (remove them to start afresh)")
     return None
+
+
+def find_resume(run_dir: str | os.PathLike, resume: str | None, log=print) -> tuple[Path, dict[str, Any]] | None:
+    """Resume or fresh start, decided before anything in RUN_DIR is written.
+
+    A fresh start into a directory that already holds checkpoints is refused: it would mix two runs.
+    """
+    if resume is None:
+        if list_checkpoints(run_dir):
+            raise OneBertError(f"{run_dir}: already holds a training run (checkpoints/); pass --resume to continue "
+                               "it or choose another --output")
+        return None
+    resumed = resolve_resume(run_dir, resume, log=log)
+    if resumed is None:
+        log(f"resume: no checkpoint in {checkpoint_dir(run_dir)} yet; starting from step 0")
+    return resumed
+
+
+def restore_training(resumed: tuple[Path, dict[str, Any]], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     schedule, scaler, task, dist, seed: int, log=print) -> tuple[int, dict[str, Any]]:
+    """Load a checkpoint into this run's objects; return its step and the trainer's counters.
+
+    The data position and RNG streams are restored per rank; under another number of processes the
+    data position of the global batch carries over and dropout is reseeded (see below).
+    """
+    path, state = resumed
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise OneBertError(f"{path}: this checkpoint does not fit the model or optimizer of this run "
+                           f"(was --model-config changed?): {first}") from None
+    schedule.load_state_dict(state["schedule"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    step = int(state["step"])
+    saved_world = len(state["ranks"])
+    if saved_world == dist.world_size:
+        task.load_data_state(state["ranks"][dist.rank]["data"])
+        restore_rng_state(state["ranks"][dist.rank]["rng"])
+    else:
+        # The data position is that of the global batch (the same on every rank), so it carries
+        # over when the task's data can re-split it; per-rank dropout streams cannot.
+        task.load_data_state(state["ranks"][0]["data"])
+        torch.manual_seed(seed + dist.rank + 1_000_003 * step)
+        log(f"resume: the checkpoint was written by {saved_world} process(es), this run has {dist.world_size}; "
+            "the data position carries over, dropout randomness differs from an uninterrupted run")
+    return step, dict(state["trainer"])

@@ -10,7 +10,7 @@ row by row (rank r takes rows r, r + W, ...). The position is (epoch, batch), so
 exactly the batches the interrupted one would have.
 
 Loss. A micro-batch's loss is its summed loss divided by the number of sequences (labelled tokens
-for NER) in the whole accumulated, all-ranks batch (see `onebert.train.loop`): the model's mean
+for NER) in the whole accumulated, all-ranks batch (see `onebert.train.step`): the model's mean
 loss times the micro-batch's count over the global total.
 
 Validation. The loop calls `evaluate` every `eval_every` steps: the whole validation set goes
@@ -39,7 +39,7 @@ from onebert.predict import forward
 from onebert.tasks import collate, get_task
 from onebert.tasks.spec import TaskSpec
 from onebert.train.distributed import DistContext
-from onebert.train.loop import Batch, TrainingTask
+from onebert.train.task import Batch, TrainingTask
 
 BEST_DIR = "best"
 FINAL_DIR = "final"
@@ -278,11 +278,12 @@ def finetune(args) -> int:
     """`onebert finetune` once its options are checked: model, data, spec, the loop; 130 when interrupted."""
     import math
 
-    from onebert.config import BertConfig
+    from onebert.model.config import BertConfig
     from onebert.predict import load_tokenizer, model_class, resolve_model_dir
     from onebert.train import precision as prec
     from onebert.train.distributed import init_distributed, shutdown
-    from onebert.train.loop import TrainConfig, train
+    from onebert.train.config import TrainConfig
+    from onebert.train.trainer import train
 
     output = Path(args.output)
     # ---- model directory, tokenizer, data: all checked before anything is written

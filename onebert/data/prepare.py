@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from onebert.data.corpus import CorpusSummary, Document, has_text, read_documents, resolve_corpus_paths
-from onebert.data.shards import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, SHARD_DIR, TOKENIZER_DIR, write_shard
+from onebert.data.format import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, SHARD_DIR, TOKENIZER_DIR,
+                                 tokenizer_fingerprint, write_shard)
 from onebert.errors import OneBertError
 
 logger = logging.getLogger(__name__)
@@ -76,12 +77,6 @@ class PrepareConfig:
             raise OneBertError(f"--validation-fraction {self.validation_fraction}: must be in [0, 0.5)")
         if self.shard_size < 1000:
             raise OneBertError(f"--shard-size {self.shard_size}: must be at least 1000 characters")
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """SHA-256 of the vocabulary in id order: equal exactly when token ids mean the same tokens."""
-    tokens = tokenizer.convert_ids_to_tokens(range(tokenizer.vocab_size))
-    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
 
 
 def _unit_hash(*values: Any) -> float:

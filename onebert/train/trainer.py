@@ -1,0 +1,240 @@
+"""The one training loop, shared by pretraining and fine-tuning.
+
+A `TrainingTask` (`task.py`) says what is being learned: it hands out micro-batches, counts what is
+in them, computes the loss of one micro-batch, and evaluates. The `Trainer` sets up the run in
+`__init__` (device and precision, AdamW + schedule, resume, compile/DDP, the printed configuration)
+and `train()` is the plain loop, which you can read top to bottom. What each line of the loop does
+lives in a component:
+
+step.py        one optimizer step: micro-batches, loss normalisers, accumulation, clipping, bad steps
+meter.py       the metrics of a logging interval: statistics, throughput, MFU
+budget.py      when to stop: --max-steps, the --max-time budget and its schedule re-fit, Ctrl-C
+checkpoint.py  the saved state and exact resume
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from onebert.train import checkpoint as ckpt
+from onebert.train import precision as prec
+from onebert.train.budget import Budget, StopRequest, initial_schedule, refit_after_resume
+from onebert.train.config import TrainConfig
+from onebert.train.distributed import DistContext, init_distributed, wrap_ddp
+from onebert.train.meter import Meter
+from onebert.train.metrics_log import MetricsLog, Progress, format_metrics
+from onebert.train.optim import build_optimizer, optimizer_kind
+from onebert.train.step import OptimizerStep, accumulate_gradients, step_totals
+from onebert.train.task import Batch, TrainingTask
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    final_dir: Path | None = None
+    interrupted: bool = False
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+
+
+def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: dict[str, Any] | None = None,
+          dist: DistContext | None = None, notes: dict[str, Any] | None = None) -> TrainResult:
+    """Train `model` on `task` as `config` says; return where it ended. Rank 0 writes RUN_DIR.
+
+    `options` are the command's option values (printed and saved as RUN_DIR/config.yaml, which
+    works as a --config file); `notes` are facts printed and saved beside them as comments.
+    """
+    return Trainer(task, model, config, options, dist, notes).train()
+
+
+class Trainer:
+    def __init__(self, task: TrainingTask, model: nn.Module, config: TrainConfig,
+                 options: dict[str, Any] | None = None, dist: DistContext | None = None,
+                 notes: dict[str, Any] | None = None):
+        config.validate()
+        self.task, self.config, self.run_dir = task, config, Path(config.output_dir)
+        self.dist = dist = dist or init_distributed(prec.device_type(config.device))
+        self.device = prec.resolve_device(config.device, dist.local_rank)
+        self.precision = prec.resolve_precision(config.precision, self.device)
+        self.say = print if dist.is_main else (lambda *a, **k: None)
+        resumed = ckpt.find_resume(self.run_dir, config.resume, log=self.say)
+
+        self.model = model.to(self.device)  # the unwrapped model: the one saved and evaluated
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas,
+                                         config.adam_eps)
+        self.schedule = initial_schedule(config)
+        self.scaler = prec.grad_scaler(self.device, self.precision)
+        self.step, self.resumed = 0, resumed is not None
+        self.counters: dict[str, Any] = {"train_seconds": 0.0, "skipped_steps": 0, "sequences": 0.0, "tokens": 0.0}
+        torch.manual_seed(config.seed + dist.rank)  # dropout differs between ranks, as it would within one big batch
+        if resumed is not None:
+            self.step, saved_counters = ckpt.restore_training(resumed, self.model, self.optimizer, self.schedule,
+                                                              self.scaler, task, dist, config.seed, log=self.say)
+            self.counters.update(saved_counters)
+            refit_after_resume(self.schedule, self.step, config)
+            self.say(f"resume: continuing from {resumed[0]} (step {self.step})")
+            del resumed
+        self._wrap_model()
+        self.options = self._announce(options, notes)
+        self.log = MetricsLog(self.run_dir, enabled=dist.is_main, resume_step=self.step if self.resumed else None)
+        self.progress = Progress(config.max_steps if config.max_time is None else self.schedule.total_steps,
+                                 initial=self.step, enabled=dist.is_main)
+        self.optimizer_step = OptimizerStep(
+            task, self.model_fn, [p for p in self.model.parameters() if p.requires_grad], self.optimizer,
+            self.scaler, device=self.device, autocast=self.autocast, dist=dist, comm_device=self.comm_device,
+            grad_accum=config.grad_accum, max_grad_norm=config.max_grad_norm, max_nonfinite=config.max_nonfinite,
+            skipped_steps=int(self.counters["skipped_steps"]), write=self.progress.write)
+
+    def train(self) -> TrainResult:
+        config, step_fn = self.config, self.optimizer_step
+        self.meter = Meter(self.task, self.dist, self.device, self.precision, self.comm_device, self.peak_flops,
+                           self.log, self.progress, self.counters["sequences"], self.counters["tokens"])
+        self.budget = Budget(config, self.step, float(self.counters["train_seconds"]), self.dist, self.comm_device)
+        batches = iter(self.task.train_batches())
+        result = TrainResult(step=self.step)
+        evaluated_at = saved_at = -1
+
+        # Closing the batch iterator on the way out of the loop, by return or by exception, joins a
+        # prefetch thread (onebert.train.prefetch) before anything else ends: a thread left running
+        # into interpreter shutdown can abort the process after a successful run.
+        # dist.failures(): a rank that saw another rank die says so in one line (see onebert.train.distributed).
+        with StopRequest() as stop, _closing(batches), self.dist.failures():
+            while not self.budget.reached(self.step, self.schedule):
+                lr = self.schedule.lr(self.step + 1)
+                self.meter.add(step_fn(batches, self.step, lr))
+                self.step += 1
+                self.progress.update()
+
+                if self.step % config.log_every == 0 or self.step == config.max_steps:
+                    result.train_metrics = self.meter.report(self.step, lr, self.budget.train_seconds,
+                                                             step_fn.skipped_steps)
+                with self.meter.paused():
+                    if config.eval_every and self.step % config.eval_every == 0:
+                        result.eval_metrics, evaluated_at = self.evaluate(), self.step
+                    if config.save_every and self.step % config.save_every == 0:
+                        self.save()
+                        saved_at = self.step
+
+                interrupt, time_up = self.budget.agree(self.step, stop.requested, self.schedule, self.progress)
+                if interrupt:
+                    self.progress.write(f"stop requested: saving a checkpoint at step {self.step}")
+                    result.interrupted = True
+                    break
+                if time_up:
+                    self.progress.write(f"time budget of {config.max_time:g}s spent at step {self.step}")
+                    break
+
+        # ---- the end: a last evaluation, checkpoint and the exported model
+        self.progress.close()
+        result.step, result.train_seconds = self.step, self.budget.train_seconds()
+        result.skipped_steps = step_fn.skipped_steps
+        if not result.interrupted and evaluated_at != self.step:
+            result.eval_metrics = self.evaluate() or result.eval_metrics
+        if saved_at != self.step:
+            checkpoint = self.save()
+        else:
+            checkpoint = ckpt.checkpoint_dir(self.run_dir) / ckpt.checkpoint_name(self.step)
+        if self.dist.is_main and not result.interrupted:
+            result.final_dir = self.run_dir / "final"
+            self.task.save_final(self.model, result.final_dir)
+            self.say(f"done: {self.step} steps in {result.train_seconds:.0f}s; final model in {result.final_dir}")
+        elif result.interrupted:
+            self.say(f"interrupted: checkpoint {checkpoint} written; continue with --resume")
+        self.log.close()
+        return result
+
+    def _wrap_model(self) -> None:
+        """The module the steps call (IPEX, torch.compile, DDP); `self.model` stays the plain one."""
+        if self.config.ipex:
+            self.model, self.optimizer = prec.apply_ipex(self.model, self.optimizer, self.precision)
+        # Batches vary in length (and the model packs real tokens), so compile for dynamic shapes once
+        # rather than recompiling for every new length.
+        model_fn: nn.Module = torch.compile(self.model, dynamic=True) if self.config.compile else self.model
+        self.model_fn = wrap_ddp(model_fn, self.dist, self.device)
+        self.autocast = prec.autocast(self.device, self.precision)
+        self.comm_device = self.device if self.dist.backend in ("nccl", "xccl") else torch.device("cpu")
+
+    def _announce(self, options: dict[str, Any] | None, notes: dict[str, Any] | None) -> dict[str, Any]:
+        """Print the resolved configuration and save it as RUN_DIR/config.yaml (rank 0); measure the MFU peak."""
+        task, dist, config = self.task, self.dist, self.config
+        global_batch = task.batch_size * dist.world_size * config.grad_accum
+        resolved = dict(options or {})
+        resolved.update(device=str(self.device.type), precision=self.precision)
+        summary = {
+            **(notes or {}), "world_size": dist.world_size, "global_batch": global_batch,
+            "parameters": sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values()),
+            "optimizer": f"AdamW ({optimizer_kind(self.optimizer)})", "backend": dist.backend or "single process",
+        }
+        self.peak_flops = prec.measure_peak_flops(self.device, self.precision) if config.measure_mfu else None
+        if dist.is_main:
+            import yaml
+
+            from onebert.io_utils import atomic_write_text
+
+            text = yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False)
+            derived = "".join(f"# {k}: {_describe(v)}\n" for k, v in summary.items())
+            self.say(f"configuration:\n{text}{derived}", end="")
+            self.say(f"global batch = {task.batch_size} per rank x {dist.world_size} ranks x {config.grad_accum} "
+                     f"accumulation = {global_batch} sequences")
+            if self.peak_flops:
+                self.say(f"peak {self.precision} matmul on {self.device.type}: {self.peak_flops / 1e9:,.1f} GFLOP/s "
+                         "(measured, the MFU denominator)")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml",
+                              "# onebert run configuration (usable as --config)\n" + text + derived)
+        return resolved
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad():
+            sums = self.task.evaluate(self.model, self.autocast, self.device, self.dist)
+        self.model.train()
+        if sums is None:
+            return {}
+        keys = sorted(sums)
+        vector = self.dist.all_reduce_sum(torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64,
+                                                       device=self.comm_device))
+        metrics = self.task.summarize(dict(zip(keys, vector.tolist())))
+        if self.dist.is_main:
+            self.log.write({"split": "eval", "step": self.step, **metrics})
+            self.progress.write(f"eval at step {self.step}: {format_metrics(metrics)}")
+            self.task.on_evaluate(self.step, metrics, self.model, self.run_dir)
+        return metrics
+
+    def save(self) -> Path | None:
+        """A checkpoint of everything an exact resume needs: weights, optimizer, schedule, RNGs, data position."""
+        ranks = self.dist.gather_objects({"rng": ckpt.capture_rng_state(), "data": self.task.data_state()})
+        if not self.dist.is_main:
+            return None
+        self.counters.update(train_seconds=self.budget.train_seconds(), skipped_steps=self.optimizer_step.skipped_steps,
+                             sequences=self.meter.sequences, tokens=self.meter.tokens)
+        options = {k: v for k, v in self.options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        state = {"format": ckpt.FORMAT_VERSION, "step": self.step, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "ranks": ranks,
+                 "trainer": dict(self.counters), "options": options}
+        return ckpt.save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+
+
+def _closing(batches: Iterator[Batch]) -> contextlib.AbstractContextManager:
+    """Close `batches` (a generator, a prefetcher's iterator) on leaving the block; plain iterators need nothing."""
+    return contextlib.closing(batches) if hasattr(batches, "close") else contextlib.nullcontext()
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+__all__ = ["Batch", "TrainingTask", "TrainConfig", "TrainResult", "Trainer", "train", "step_totals",
+           "accumulate_gradients"]

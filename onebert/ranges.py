@@ -6,7 +6,7 @@ let through settings that train a NaN model (`--lr inf`), make every request tim
 therefore declared with a `RangedType` (`integer(...)` / `number(...)` below, or one of the named
 ranges): argparse calls it on the text, and a value that is not a finite number inside the range is
 refused there with argparse's one-line error naming the option. Config files (`--config FILE`) go
-through the same types (see onebert/cli.py `_coerce_one`), and the library's config classes
+through the same types (see onebert/cli/main.py `_coerce_one`), and the library's config classes
 (TrainConfig, ...) call `Range.check` with the same ranges, so the three entry points cannot disagree.
 This module imports nothing heavy: the CLI builds its parsers without torch.
 """

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def predict_file(predictor, path: Path, args: argparse.Namespace, stdin: bool = False) -> list[dict[str, Any]]:
-    from onebert.commands.evaluate import columns
+    from onebert.cli.commands.evaluate import columns
 
     task = predictor.spec.handler
     fmt = input_format(task, path, args.format, stdin)

@@ -1,6 +1,6 @@
 """`onebert <command>`: argument parsing and error reporting only; the work lives in the packages.
 
-Each command is a module in `onebert.commands` with `HELP`, `add_arguments(parser)` and
+Each command is a module in `onebert.cli.commands` with `HELP`, `add_arguments(parser)` and
 `run(args)`; modules import torch and friends inside `run`, so `onebert --help` stays fast.
 Every command accepts `--config FILE` (YAML, TOML or JSON): its keys are the long option names
 (dashes or underscores), and options given on the command line override them.
@@ -19,18 +19,18 @@ from typing import Any, NoReturn, Sequence
 from onebert.errors import OneBertError
 
 COMMANDS: dict[str, str] = {
-    "demo": "onebert.commands.demo",
-    "embed": "onebert.commands.embed",
-    "evaluate": "onebert.commands.evaluate",
-    "export": "onebert.commands.export",
-    "finetune": "onebert.commands.finetune",
-    "info": "onebert.commands.info",
-    "plot": "onebert.commands.plot",
-    "predict": "onebert.commands.predict",
-    "prepare": "onebert.commands.prepare",
-    "pretrain": "onebert.commands.pretrain",
-    "serve": "onebert.commands.serve",
-    "tokenizer": "onebert.commands.tokenizer",
+    "demo": "onebert.cli.commands.demo",
+    "embed": "onebert.cli.commands.embed",
+    "evaluate": "onebert.cli.commands.evaluate",
+    "export": "onebert.cli.commands.export",
+    "finetune": "onebert.cli.commands.finetune",
+    "info": "onebert.cli.commands.info",
+    "plot": "onebert.cli.commands.plot",
+    "predict": "onebert.cli.commands.predict",
+    "prepare": "onebert.cli.commands.prepare",
+    "pretrain": "onebert.cli.commands.pretrain",
+    "serve": "onebert.cli.commands.serve",
+    "tokenizer": "onebert.cli.commands.tokenizer",
 }
 
 

@@ -297,15 +297,13 @@ def finetune(args) -> int:
                            f"positions), got {max_seq_length}")
     train_examples, validation_examples, spec = read_training_data(args, max_seq_length)
 
-    loop_config = TrainConfig(
-        output_dir=args.output, max_steps=1, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_steps=args.warmup_steps, warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio,
-        schedule=args.schedule, weight_decay=args.weight_decay, adam_eps=args.adam_eps,
-        max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed,
-        save_every=args.save_every, keep_last=args.keep_last,
-        log_every=args.log_every, resume=args.resume, precision=args.precision, compile=args.compile,
-        device=args.device)
-    loop_config.validate()
+    def loop_config(**steps: Any) -> TrainConfig:
+        # Every option is a TrainConfig field declared once (onebert/train/config.py); a --warmup-steps given
+        # replaces the default ratio rather than contradicting it.
+        return TrainConfig.from_options(args, output_dir=args.output, **steps,
+                                        warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio)
+
+    loop_config(max_steps=args.max_steps or 1).validate()  # a bad value is refused before the data is batched
 
     dist = init_distributed(prec.device_type(args.device))
     say = print if dist.is_main else (lambda *a, **k: None)
@@ -316,21 +314,22 @@ def finetune(args) -> int:
                               metric=args.metric, rank=dist.rank, world_size=dist.world_size, best_value=best,
                               log=say)
         steps_per_epoch = math.ceil(task.sampler.batches_per_epoch / args.grad_accum)
-        loop_config.max_steps = args.max_steps or max(1, math.ceil(args.epochs * task.sampler.batches_per_epoch
-                                                                   / args.grad_accum))
-        loop_config.eval_every = (args.eval_every or steps_per_epoch) if validation_examples else None
+        # The steps are known once the data is batched: the config is made then, not patched.
+        config = loop_config(max_steps=args.max_steps or max(1, math.ceil(args.epochs * task.sampler.batches_per_epoch
+                                                                          / args.grad_accum)),
+                             eval_every=(args.eval_every or steps_per_epoch) if validation_examples else None)
         torch.manual_seed(args.seed)  # the new head's initial weights
         model = model_class(spec.task).from_pretrained(model_dir, config=spec.apply_to(base_config),
                                                        ignore_mismatched_heads=True)
         say(f"model: {model_dir} ({base_config.num_hidden_layers} layers, hidden {base_config.hidden_size}) "
             f"as {type(model).__name__}")
-        say(describe_data(spec, train_examples, validation_examples, task, steps_per_epoch, loop_config.max_steps))
+        say(describe_data(spec, train_examples, validation_examples, task, steps_per_epoch, config.max_steps))
         options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
         notes = {"labels": ", ".join(spec.labels) if spec.labels and len(spec.labels) <= 20 else
                  (f"{len(spec.labels)} labels" if spec.labels else "none"),
                  "steps_per_epoch": steps_per_epoch}
         notes.update(spec.handler.run_notes())
-        result = train(task, model, loop_config, options=options, dist=dist, notes=notes)
+        result = train(task, model, config, options=options, dist=dist, notes=notes)
     finally:
         shutdown(dist)
     if result.interrupted:

@@ -120,13 +120,14 @@ class Trainer:
                 with self.meter.paused():
                     if config.eval_every and self.step % config.eval_every == 0:
                         result.eval_metrics, evaluated_at = self.evaluate(), self.step
-                    if config.save_every and self.step % config.save_every == 0:
+                    if config.keeps_checkpoints and config.save_every and self.step % config.save_every == 0:
                         self.save()
                         saved_at = self.step
 
                 interrupt, time_up = self.budget.agree(self.step, stop.requested, self.schedule, self.progress)
                 if interrupt:
-                    self.progress.write(f"stop requested: saving a checkpoint at step {self.step}")
+                    self.progress.write(f"stop requested at step {self.step}"
+                                        + (": saving a checkpoint" if config.keeps_checkpoints else ""))
                     result.interrupted = True
                     break
                 if time_up:
@@ -139,7 +140,9 @@ class Trainer:
         result.skipped_steps = step_fn.skipped_steps
         if not result.interrupted and evaluated_at != self.step:
             result.eval_metrics = self.evaluate() or result.eval_metrics
-        if saved_at != self.step:
+        if not config.keeps_checkpoints:  # --keep-last 0 / --save-every 0: the model only, nothing to resume
+            checkpoint = None
+        elif saved_at != self.step:
             checkpoint = self.save()
         else:
             checkpoint = ckpt.checkpoint_dir(self.run_dir) / ckpt.checkpoint_name(self.step)
@@ -147,6 +150,9 @@ class Trainer:
             result.final_dir = self.run_dir / "final"
             self.task.save_final(self.model, result.final_dir)
             self.say(f"done: {self.step} steps in {result.train_seconds:.0f}s; final model in {result.final_dir}")
+        elif result.interrupted and checkpoint is None:
+            self.say(f"interrupted at step {self.step}; no checkpoint written (--keep-last 0 / --save-every 0), "
+                     "so the run cannot be resumed")
         elif result.interrupted:
             self.say(f"interrupted: checkpoint {checkpoint} written; continue with --resume")
         self.log.close()

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options, model_or_run_dir
 
 HELP = "score a fine-tuned model on labelled data (a table on stderr, one JSON object on stdout)"
 DESCRIPTION = (
@@ -32,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here "
                              "(confusion_matrix.png / entity_scores.png; an existing one is replaced only if "
                              "it is a PNG)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    add_runtime_options(parser, bf16_alias=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         from onebert.eval_plots import check_plot_dir
 
         check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
-    precision = "bf16" if args.bf16 else args.precision
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
+    args.model = model_or_run_dir(args.model, "onebert evaluate")
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     predictor.progress = True
     spec = predictor.spec
     if args.null_threshold is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options, model_or_run_dir
 
 HELP = "predict with a fine-tuned model: JSON lines out, one per input"
 FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "conll", "squad")
@@ -23,7 +24,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
+    parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory, or a run directory (its best/, else final/) (required)")
     parser.add_argument("--input", metavar="FILE|-", help="inputs; - reads stdin (required)")
     parser.add_argument("--output", metavar="FILE|-", default="-",
                         help="JSON lines; - writes stdout. An existing file is replaced only if it holds JSON lines "
@@ -32,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification tables: text column")
     parser.add_argument("--text-pair-column", default=None, help="classification tables: second text column")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    add_runtime_options(parser, bf16_alias=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":  # checked before the model is loaded: never the input, never a file of the user's
         check_output_file(args.output, "--output", inputs=[args.input, args.model], made_by_onebert=is_json_lines,
                           kind="JSON-lines predictions file")
-    precision = "bf16" if args.bf16 else args.precision
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
+    args.model = model_or_run_dir(args.model, "onebert predict")
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     predictor.progress = True
     start = time.perf_counter()
     if args.input == "-":

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options, add_train_options
 
 HELP = "pretrain a BERT (MLM + NSP) on a data directory from `onebert prepare`"
 DESCRIPTION = (
@@ -17,20 +17,8 @@ DESCRIPTION = (
     "Example: onebert pretrain --data data/ --model-config mini --output runs/mini --max-time 30m")
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from '90', '90s', '30m', '1.5h', '1h30m', '2d'."""
-    value = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        return float(value)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", value)
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", value).strip():
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 30m, 1h30m, 2h)")
-    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    return sum(float(number) * scale[unit] for number, unit in parts)
-
-
-# '1' followed by 400 zeros parses to inf seconds: durations are range-checked like every number.
-_MAX_TIME = ranges.RangedType(ranges.TIME_BUDGET, parse=parse_duration, what="a duration")
+# The duration parser lives with the ranges (TrainConfig.max_time declares it); kept importable from here.
+parse_duration = ranges.parse_duration
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,32 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--output", metavar="RUN_DIR",
                     help="the run directory: checkpoints, metrics, final model (required; new, empty or an "
                          "earlier run's)")
-    io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",
-                    help="continue a run: 'auto' (or the bare flag) = the newest intact checkpoint in RUN_DIR")
 
     length = parser.add_argument_group("length and batch")
-    length.add_argument("--max-steps", type=ranges.POSITIVE_INT, default=None, help="optimizer steps to train")
-    length.add_argument("--max-time", type=_MAX_TIME, default=None, metavar="DURATION",
-                        help="time budget (e.g. 30m, 2h): stop on time, learning-rate decay fitted to the budget")
     length.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32,
                         help="sequences per micro-batch on each process")
-    length.add_argument("--grad-accum", type=ranges.POSITIVE_INT, default=1,
-                        help="micro-batches accumulated per optimizer step")
-
-    optim = parser.add_argument_group("optimizer")
-    optim.add_argument("--lr", type=ranges.POSITIVE, default=1e-4, help="peak learning rate (AdamW)")
-    optim.add_argument("--warmup-steps", type=ranges.NON_NEGATIVE_INT, default=None, help="linear warm-up steps")
-    optim.add_argument("--warmup-ratio", type=ranges.WARMUP_RATIO, default=None,
-                       help="warm-up as a fraction of all steps (default 0.06 when no --warmup-steps)")
-    optim.add_argument("--schedule", choices=("linear", "cosine", "constant"), default="linear",
-                       help="decay after warm-up (to 0 at the end)")
-    optim.add_argument("--weight-decay", type=ranges.NON_NEGATIVE, default=0.01,
-                       help="AdamW weight decay (not on bias/LayerNorm)")
-    optim.add_argument("--max-grad-norm", type=ranges.POSITIVE, default=1.0, help="gradient clipping threshold")
-    optim.add_argument("--max-bad-steps", type=ranges.POSITIVE_INT, default=5,
-                       help="a step whose loss or gradients are NaN/inf is skipped (and logged); this many "
-                            "in a row stop the run with a message (1: stop at the first)")
-    optim.add_argument("--seed", type=ranges.SEED, default=42, help="seeds weights, data order, masks and dropout")
 
     masking = parser.add_argument_group("masking")
     masking.add_argument("--mlm-probability", type=ranges.number(0, 1, min_inclusive=False, max_inclusive=False),
@@ -79,22 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     masking.add_argument("--whole-word-masking", action="store_true", help="mask all pieces of a word together")
 
     run = parser.add_argument_group("logging, evaluation, checkpoints")
-    run.add_argument("--log-every", type=ranges.POSITIVE_INT, default=10, help="steps between metric lines")
-    run.add_argument("--eval-every", type=ranges.POSITIVE_INT, default=500,
-                     help="steps between held-out evaluations (and at the end)")
     run.add_argument("--eval-max-instances", type=ranges.POSITIVE_INT, default=None,
                      help="evaluate on at most this many held-out instances (default: all)")
-    run.add_argument("--save-every", type=ranges.POSITIVE_INT, default=500,
-                     help="steps between checkpoints (and at the end)")
-    run.add_argument("--keep-last", type=ranges.POSITIVE_INT, default=3, help="checkpoints kept")
-
-    speed = parser.add_argument_group("hardware and speed")
-    speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
-    speed.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                       help="auto: bf16 where the hardware has it (CUDA, XPU, CPUs with AVX512-BF16/AMX), else fp32")
-    speed.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
-    speed.add_argument("--ipex", action="store_true", help="optimize with Intel Extension for PyTorch (must be installed)")
+    # The loop's options: flags, ranges and help declared once on TrainConfig (onebert/train/config.py).
+    add_train_options(parser, {
+        "data, model and output": ["resume"],
+        "length and batch": ["max_steps", "max_time", "grad_accum"],
+        "optimizer": ["lr", "warmup_steps", "warmup_ratio", "schedule", "weight_decay", "adam_eps", "max_grad_norm",
+                      "max_nonfinite", "seed"],
+        "logging, evaluation, checkpoints": ["log_every", "eval_every", "save_every", "keep_last"],
+        "hardware and speed": ["ipex"],
+    }, defaults={"eval_every": 500, "save_every": 500}, helps={
+        "warmup_ratio": "linear warm-up as a fraction of all steps (default 0.06 when no --warmup-steps)",
+        "eval_every": "steps between held-out evaluations (and at the end)",
+    })
+    speed = next(g for g in parser._action_groups if g.title == "hardware and speed")
+    add_runtime_options(speed, compile=True, bf16_alias=True)
     speed.add_argument("--num-workers", type=ranges.NON_NEGATIVE_INT, default=1,
                        help="0: build batches in the training thread; >= 1: build that many ahead in a background thread")
 
@@ -114,10 +80,6 @@ def run(args: argparse.Namespace) -> int:
     # directory of the user's, whose files config.yaml / metrics.jsonl could be replaced.
     check_output_dir(args.output, "--output", inputs=[args.data], made_by_onebert=looks_like_run_dir,
                      kind="run directory")
-    if args.bf16:
-        if args.precision not in ("auto", "bf16"):
-            raise OneBertError(f"--bf16 contradicts --precision {args.precision}")
-        args.precision = "bf16"
     if args.batch_size < 1:
         raise OneBertError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.num_workers < 0:
@@ -127,13 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
     masking = MaskingConfig(mlm_probability=args.mlm_probability, max_predictions_per_seq=args.max_predictions,
                             whole_word=args.whole_word_masking)
-    loop_config = TrainConfig(
-        output_dir=args.output, max_steps=args.max_steps, max_time=args.max_time, grad_accum=args.grad_accum,
-        lr=args.lr, warmup_steps=args.warmup_steps, warmup_ratio=args.warmup_ratio if args.warmup_steps is None else None,
-        schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-        max_nonfinite=args.max_bad_steps, seed=args.seed,
-        save_every=args.save_every, keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every,
-        resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device)
+    # Every loop option is a TrainConfig field declared once; the options' dests map onto the fields.
+    loop_config = TrainConfig.from_options(
+        args, output_dir=args.output, warmup_ratio=args.warmup_ratio if args.warmup_steps is None else None)
     options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
     result = pretrain(args.data, args.model_config, loop_config, batch_size=args.batch_size, masking=masking,
                       eval_max_instances=args.eval_max_instances, num_workers=args.num_workers, options=options)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from onebert import ranges
-from onebert.cli.options import add_runtime_options, model_or_run_dir
+from onebert.cli.options import add_runtime_options
 
 HELP = "score a fine-tuned model on labelled data (a table on stderr, one JSON object on stdout)"
 DESCRIPTION = (
@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
         from onebert.eval_plots import check_plot_dir
 
         check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
-    args.model = model_or_run_dir(args.model, "onebert evaluate")
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     predictor.progress = True
     spec = predictor.spec

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onebert import ranges
-from onebert.cli.options import add_runtime_options, model_or_run_dir
+from onebert.cli.options import add_runtime_options
 
 HELP = "predict with a fine-tuned model: JSON lines out, one per input"
 FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "conll", "squad")
@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":  # checked before the model is loaded: never the input, never a file of the user's
         check_output_file(args.output, "--output", inputs=[args.input, args.model], made_by_onebert=is_json_lines,
                           kind="JSON-lines predictions file")
-    args.model = model_or_run_dir(args.model, "onebert predict")
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     predictor.progress = True
     start = time.perf_counter()

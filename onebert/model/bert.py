@@ -31,6 +31,8 @@ from torch import nn
 from onebert.model.config import IGNORE_INDEX, BertConfig, SpeedConfig
 from onebert.model.ops import (ATTENTION_KERNELS, BertDropout, Encoded, PaddingInfo, allow_sparse_gradient,
                                nonzero_index, pad, unpad, unpadding_for, word_embedding_lookup)
+from onebert.model.weights import load_pretrained
+from onebert.model.weights import save_pretrained as save_weights
 
 
 @dataclass
@@ -274,16 +276,12 @@ class BertPreTrainedModel(nn.Module):
         Head weights missing from the checkpoint are initialised and listed in
         `model.load_report`; anything else missing, unexpected or mis-shaped is an error.
         """
-        from onebert.model.weights import load_pretrained
-
         model = load_pretrained(cls, directory, config=config, ignore_mismatched_heads=ignore_mismatched_heads,
                                 **config_overrides)
         return model.set_speed(speed) if speed is not None else model
 
     def save_pretrained(self, directory) -> None:
-        from onebert.model.weights import save_pretrained
-
-        save_pretrained(self, directory)
+        save_weights(self, directory)
 
 
 # ----------------------------------------------------------------------------- BertModel
@@ -489,10 +487,6 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init(speed)
 
-    @property
-    def is_regression(self) -> bool:
-        return self.config.problem_type == "regression" or (self.num_labels == 1 and self.config.problem_type is None)
-
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
         # Only [CLS] is read after the last layer (encode always keeps it).
         keep = torch.zeros_like(input_ids, dtype=torch.bool) if self.speed.last_layer_subset else None
@@ -501,7 +495,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
-            if self.is_regression:
+            if self.config.is_regression:
                 loss = F.mse_loss(logits.float().view(-1), labels.float().view(-1))
             elif self.config.problem_type == "multi_label_classification":
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())

@@ -217,7 +217,7 @@ class ClassificationTask(Task):
 def is_regression_config(config) -> bool:
     """transformers' rule for a sequence-classification head: problem_type "regression", or one output
     and no problem_type (so models saved as task "classification" with problem_type "regression" too)."""
-    return config.problem_type == "regression" or (config.num_labels == 1 and config.problem_type is None)
+    return config.is_regression
 
 
 def columns_option(args) -> dict[str, str]:

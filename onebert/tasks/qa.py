@@ -256,7 +256,7 @@ def read_questions(path: Path, fmt: str) -> list[QAExample]:
     """SQuAD JSON (answers optional), or JSON lines of {"question", "context"[, "id"]}."""
     import json
 
-    from onebert.data.text_input import refuse_lone_surrogates
+    from onebert.text_input import refuse_lone_surrogates
     from onebert.tasks.readers import read_squad, read_text_file
 
     if fmt == "squad":

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from onebert.data.text_input import check_input_file, check_label, refuse_lone_surrogates
+from onebert.text_input import check_input_file, check_label, refuse_lone_surrogates
 from onebert.errors import OneBertError
 
 logger = logging.getLogger(__name__)

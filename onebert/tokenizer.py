@@ -623,7 +623,7 @@ def _refuse_surrogates(exc: Exception, **batches: list[str] | None) -> None:
     """
     if not isinstance(exc, TypeError):
         return
-    from onebert.data.text_input import check_texts
+    from onebert.text_input import check_texts
 
     for name, texts in batches.items():
         if texts is not None:
@@ -695,7 +695,7 @@ def _check_training_files(files: str | os.PathLike | Iterable[str | os.PathLike]
     paths = [Path(f) for f in files]
     if not paths:
         raise OneBertError("no training files given")
-    from onebert.data.text_input import check_input_file
+    from onebert.text_input import check_input_file
 
     for path in paths:
         if path.is_dir():

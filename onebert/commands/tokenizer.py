@@ -134,7 +134,7 @@ def _check_argument(text: str, name: str) -> None:
 
     Python turns bytes of the command line that are not UTF-8 into lone surrogates U+DC80-U+DCFF.
     """
-    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.text_input import describe_surrogate, lone_surrogate
     from onebert.errors import OneBertError
 
     index = lone_surrogate(text)

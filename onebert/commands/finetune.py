@@ -20,6 +20,12 @@ DESCRIPTION = (
     "--validation sst2/dev.tsv --output runs/sst2")
 
 
+def tracking_help() -> str:
+    from onebert.train.tracking import HELP as TRACKING_HELP
+
+    return TRACKING_HELP
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onebert.tasks import TASKS
 
@@ -91,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--save-every", type=ranges.POSITIVE_INT, default=None,
                      help="steps between resumable checkpoints (default: only at the end or on Ctrl-C)")
     run.add_argument("--keep-last", type=ranges.POSITIVE_INT, default=1, help="resumable checkpoints kept")
+    run.add_argument("--early-stopping-patience", type=ranges.POSITIVE_INT, default=None, metavar="N",
+                     help="stop after N validations in a row without improvement of --metric (the best model "
+                          "stays in OUTPUT/best; needs --validation; the count carries over a --resume)")
+    run.add_argument("--report-to", nargs="+", default=None, metavar="NAME", help=tracking_help())
 
     speed = parser.add_argument_group("hardware and speed")
     speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")

@@ -33,6 +33,12 @@ def parse_duration(text: str) -> float:
 _MAX_TIME = ranges.RangedType(ranges.TIME_BUDGET, parse=parse_duration, what="a duration")
 
 
+def tracking_help() -> str:
+    from onebert.train.tracking import HELP as TRACKING_HELP
+
+    return TRACKING_HELP
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onebert.model.config import PRESETS
 
@@ -87,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--save-every", type=ranges.POSITIVE_INT, default=500,
                      help="steps between checkpoints (and at the end)")
     run.add_argument("--keep-last", type=ranges.POSITIVE_INT, default=3, help="checkpoints kept")
+    run.add_argument("--report-to", nargs="+", default=None, metavar="NAME", help=tracking_help())
 
     speed = parser.add_argument_group("hardware and speed")
     speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
@@ -133,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         max_nonfinite=args.max_bad_steps, seed=args.seed,
         save_every=args.save_every, keep_last=args.keep_last, eval_every=args.eval_every, log_every=args.log_every,
-        resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device)
+        resume=args.resume, precision=args.precision, compile=args.compile, ipex=args.ipex, device=args.device,
+        report_to=args.report_to)
+    loop_config.validate()  # a tracker that is not installed is named before the data is read
     options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
     result = pretrain(args.data, args.model_config, loop_config, batch_size=args.batch_size, masking=masking,
                       eval_max_instances=args.eval_max_instances, num_workers=args.num_workers, options=options)

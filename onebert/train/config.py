@@ -36,6 +36,12 @@ class TrainConfig:
     max_nonfinite: int = 5  # consecutive non-finite steps before stopping
     estimate_after: int = 5  # steps before the time budget's first estimate (warm-up, compilation)
     measure_mfu: bool = True
+    # Experiment trackers besides metrics.jsonl: "tensorboard", "wandb", "mlflow" (a list or a comma-separated
+    # string; None or "none": none). See onebert.train.tracking.
+    report_to: str | list[str] | None = None
+    # Stop after this many evaluations in a row without improvement of the task's validation metric
+    # (fine-tuning; None: never). The count is checkpointed, so a resumed run stops where this one would.
+    early_stopping_patience: int | None = None
 
     def validate(self) -> None:
         """Refuse settings no run can use, with the ranges the command-line options declare (onebert/ranges.py):
@@ -65,6 +71,11 @@ class TrainConfig:
         if self.max_grad_norm is not None:
             ranges.POSITIVE.range.check(self.max_grad_norm, "--max-grad-norm")
         ranges.SEED.range.check(self.seed, "--seed")
+        if self.early_stopping_patience is not None:
+            ranges.POSITIVE_INT.range.check(self.early_stopping_patience, "--early-stopping-patience")
+        from onebert.train.tracking import check_installed, parse_report_to
+
+        check_installed(parse_report_to(self.report_to))
 
 
 __all__ = ["TrainConfig"]

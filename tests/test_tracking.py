@@ -259,6 +259,27 @@ def test_fine_tuning_log_shows_the_selection_metric_on_the_same_scale_as_the_eva
     assert "best validation accuracy = 70.0%" in text
 
 
+def test_evaluate_json_names_the_metrics_that_are_percentages(tiny_model, data, tmp_path, capsys):
+    from tiny_finetune import write_squad
+
+    squad = write_squad(tmp_path / "squad.json", 8, 1)
+    qa_options = ["--max-seq-length", "48", "--doc-stride", "16", "--max-query-length", "16"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["finetune", "--task", "qa", "--model", str(tiny_model), "--train", str(squad), "--output",
+                     str(tmp_path / "qa"), "--max-steps", "1", "--batch-size", "8", "--device", "cpu",
+                     *qa_options]) == 0
+    assert _finetune(tiny_model, data, tmp_path / "cls", "--max-steps", "1") == 0
+    results = {}
+    for name, source in (("qa", squad), ("cls", data[1])):
+        capsys.readouterr()
+        assert main(["evaluate", "--model", str(tmp_path / name / "final"), "--data", str(source),
+                     "--device", "cpu"]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    assert {"exact_match", "f1"} <= set(results["qa"]["percent_metrics"])
+    assert "total" not in results["qa"]["percent_metrics"]
+    assert results["cls"]["percent_metrics"] == [] and 0 <= results["cls"]["accuracy"] <= 1
+
+
 # ---------------------------------------------------------------------- plots and progress bars
 
 

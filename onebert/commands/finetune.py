@@ -87,6 +87,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     features.add_argument("--version-2-with-negative", action="store_true",
                           help="qa: questions may have no answer (SQuAD v2.0; detected from the training data too)")
 
+    _add_run_arguments(parser)
+
+    speed = parser.add_argument_group("hardware and speed")
+    speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
+    speed.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+                       help="autocast precision (auto: bf16 where the hardware has it)")
+    speed.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("validation, logging, checkpoints")
     run.add_argument("--metric", default=None,
                      help="validation metric that picks the best model (default: accuracy; pearson for regression; "
@@ -101,13 +112,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="stop after N validations in a row without improvement of --metric (the best model "
                           "stays in OUTPUT/best; needs --validation; the count carries over a --resume)")
     run.add_argument("--report-to", nargs="+", default=None, metavar="NAME", help=tracking_help())
-
-    speed = parser.add_argument_group("hardware and speed")
-    speed.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
-    speed.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
-                       help="autocast precision (auto: bf16 where the hardware has it)")
-    speed.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -168,7 +168,7 @@ class Embedder:
             raise OneBertError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
         if pooling == "pooler" and self.model.pooler is None:
             raise OneBertError("this model has no pooler layer; use pooling 'mean' or 'cls'")
-        from onebert.data.text_input import describe_surrogate, lone_surrogate
+        from onebert.text_input import describe_surrogate, lone_surrogate
 
         texts = list(texts)
         for i, text in enumerate(texts):

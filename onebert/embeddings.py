@@ -183,7 +183,8 @@ class Embedder:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(texts), unit="text", desc="embed", dynamic_ncols=True)
+            # disable=None: a bar only when stderr is a terminal (not into a pipe or a log file)
+            bar = tqdm(total=len(texts), unit="text", desc="embed", dynamic_ncols=True, disable=None)
         chunk = batch_size * _CHUNK_BATCHES
         for start in range(0, len(texts), chunk):
             ids = self._token_ids(texts[start:start + chunk], start, truncated)

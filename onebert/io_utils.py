@@ -298,7 +298,8 @@ def holds_only(directory: Path, names: Iterable[str], patterns: Iterable[str] = 
                for entry in directory.iterdir())
 
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "curves.png")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "curves.png",
+               "tensorboard", "wandb", "mlruns")  # the last three: --report-to (onebert.train.tracking)
 RUN_CONFIG_HEADER = "# onebert run configuration"
 
 

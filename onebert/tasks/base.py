@@ -28,6 +28,9 @@ class Task:
     default_max_seq_length: ClassVar[int] = 128
     metrics: ClassVar[tuple[str, ...]]  # the ones that may select the best model; the first is the default
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    # Endings of the metric names this task reports in percent 0-100 (SQuAD's, as its official script);
+    # every other score is a fraction 0-1 (onebert.train.metrics_log states the convention).
+    percent_metrics: ClassVar[tuple[str, ...]] = ()
     # Length grouping (see onebert.train.finetuning): global batches per length-sorted mega-batch; 1 is
     # plain random batches. Each task says why it picks its value.
     group_size: ClassVar[int] = 50

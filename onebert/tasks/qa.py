@@ -301,6 +301,7 @@ class QATask(Task):
     model_class_name = "BertForQuestionAnswering"
     default_max_seq_length = 384
     metrics = ("f1", "exact_match")
+    percent_metrics = ("exact_match", "exact", "f1")  # also HasAns_/NoAns_/best_ forms: the official script's 0-100
     # No length grouping: every question on one paragraph has about the same length, so length-grouped
     # batches are one paragraph's questions, correlated gradients (1.6 F1 on SQuAD v1.1; see BENCHMARKS.md).
     # Its batches are random (a mega-batch of one batch).

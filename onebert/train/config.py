@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from onebert import ranges
 from onebert.errors import OneBertError
+from onebert.train.tracking import HELP as TRACKING_HELP
 
 
 def option(default: Any, help: str, *, type: Any = None, flag: str | None = None, **argparse_kwargs: Any) -> Any:
@@ -58,6 +59,14 @@ class TrainConfig:
         "with a message (1: stop at the first)", type=ranges.POSITIVE_INT, flag="--max-bad-steps")
     estimate_after: int = 5  # steps before the time budget's first estimate (warm-up, compilation)
     measure_mfu: bool = True
+    # Experiment trackers besides metrics.jsonl: "tensorboard", "wandb", "mlflow" (a list or a comma-separated
+    # string; None or "none": none). See onebert.train.tracking.
+    report_to: str | list[str] | None = option(None, TRACKING_HELP, nargs="+", metavar="NAME")
+    # Stop after this many evaluations in a row without improvement of the task's validation metric
+    # (fine-tuning; None: never). The count is checkpointed, so a resumed run stops where this one would.
+    early_stopping_patience: int | None = option(
+        None, "stop after N validations in a row without improvement of --metric (the best model stays in "
+        "OUTPUT/best; needs --validation; the count carries over a --resume)", type=ranges.POSITIVE_INT, metavar="N")
 
     @property
     def keeps_checkpoints(self) -> bool:
@@ -94,6 +103,9 @@ class TrainConfig:
             raise OneBertError("give --warmup-steps or --warmup-ratio, not both")
         for beta in self.adam_betas:
             ranges.Range(min=0, max=1, max_inclusive=False).check(beta, "adam_betas")
+        from onebert.train.tracking import check_installed, parse_report_to
+
+        check_installed(parse_report_to(self.report_to))
 
 
 def option_flag(item: dataclasses.Field) -> str:

@@ -167,6 +167,7 @@ class FineTuningTask(TrainingTask):
         self.eval_batch_size = eval_batch_size
         self.log = log
         self.metric = metric or spec.default_metric
+        self.percent_metrics = self.task.percent_metrics
         if self.metric not in spec.selection_metrics():
             raise OneBertError(f"--metric {self.metric} is not a {spec.task} "
                                f"metric; use one of {', '.join(spec.selection_metrics())}")
@@ -246,23 +247,31 @@ class FineTuningTask(TrainingTask):
             return {k: 0.0 for k in metrics}
         return metrics
 
-    def on_evaluate(self, step: int, metrics: dict[str, float], model: nn.Module, run_dir: Path) -> None:
+    def on_evaluate(self, step: int, metrics: dict[str, float], model: nn.Module, run_dir: Path) -> bool:
+        """Keep the model in RUN_DIR/best when the metric improved (strictly; a NaN never does); say whether it did."""
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
-            return
+            return False
         if "null_threshold" in metrics:
             self.last_threshold = metrics["null_threshold"]
         better = (self.best_value is None or
                   (value < self.best_value if self.metric in self.task.lower_is_better else value > self.best_value))
         if not better:
-            return
+            return False
         previous = self.best_value
         self.best_value, self.best_step = value, step
         validation = {k: v for k, v in metrics.items() if k != "null_threshold"}
         save_model_dir(model, self.tokenizer, self._spec_now(), Path(run_dir) / BEST_DIR, best_step=step,
                        validation=validation)
-        change = "" if previous is None else f" (was {previous:.4f})"
-        self.log(f"best {self.metric} = {value:.4f} at step {step}{change}: saved {Path(run_dir) / BEST_DIR}")
+        change = "" if previous is None else f" (was {self.format(previous)})"
+        self.log(f"best {self.metric} = {self.format(value)} at step {step}{change}: saved {Path(run_dir) / BEST_DIR}")
+        return True
+
+    def format(self, value: float) -> str:
+        """The selection metric as the console lines print it (a percentage either way; see metrics_log)."""
+        from onebert.train.metrics_log import format_value
+
+        return format_value(self.metric, float(value), self.percent_metrics)
 
     def _spec_now(self) -> TaskSpec:
         import dataclasses
@@ -304,6 +313,8 @@ def finetune(args) -> int:
                                         warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio)
 
     loop_config(max_steps=args.max_steps or 1).validate()  # a bad value is refused before the data is batched
+    if args.early_stopping_patience is not None and not validation_examples:
+        raise OneBertError("--early-stopping-patience needs --validation (it counts validations without improvement)")
 
     dist = init_distributed(prec.device_type(args.device))
     say = print if dist.is_main else (lambda *a, **k: None)
@@ -336,7 +347,7 @@ def finetune(args) -> int:
         return 130
     if dist.is_main:
         if task.best_value is not None:
-            say(f"best validation {task.metric} = {task.best_value:.4f}: {output / BEST_DIR}")
+            say(f"best validation {task.metric} = {task.format(task.best_value)}: {output / BEST_DIR}")
         say(f"final model: {output / FINAL_DIR}")
     return 0
 

@@ -43,6 +43,7 @@ class TrainResult:
     interrupted: bool = False
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    early_stopped: bool = False  # --early-stopping-patience ran out
 
 
 def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: dict[str, Any] | None = None,
@@ -74,7 +75,10 @@ class Trainer:
         self.schedule = initial_schedule(config)
         self.scaler = prec.grad_scaler(self.device, self.precision)
         self.step, self.resumed = 0, resumed is not None
-        self.counters: dict[str, Any] = {"train_seconds": 0.0, "skipped_steps": 0, "sequences": 0.0, "tokens": 0.0}
+        # Checkpointed with the weights; evals_without_improvement is the early-stopping count.
+        self.counters: dict[str, Any] = {"train_seconds": 0.0, "skipped_steps": 0, "sequences": 0.0, "tokens": 0.0,
+                                         "evals_without_improvement": 0}
+        self.stop_early = False
         torch.manual_seed(config.seed + dist.rank)  # dropout differs between ranks, as it would within one big batch
         if resumed is not None:
             self.step, saved_counters = ckpt.restore_training(resumed, self.model, self.optimizer, self.schedule,
@@ -95,6 +99,22 @@ class Trainer:
             skipped_steps=int(self.counters["skipped_steps"]), write=self.progress.write)
 
     def train(self) -> TrainResult:
+        """The loop, then the end; the metrics file and the trackers are closed either way (rank 0 opens them)."""
+        if self.dist.is_main:
+            from onebert.train.tracking import open_trackers, parse_report_to
+
+            self.log.trackers = open_trackers(parse_report_to(self.config.report_to), self.run_dir, self.options,
+                                              resume_step=self.step if self.resumed else None)
+        failed = True
+        try:
+            result = self._finish(*self._loop())
+            failed = False
+            return result
+        finally:
+            self.progress.close()
+            self.log.close(failed=failed)
+
+    def _loop(self) -> tuple[TrainResult, int, int]:
         config, step_fn = self.config, self.optimizer_step
         self.meter = Meter(self.task, self.dist, self.device, self.precision, self.comm_device, self.peak_flops,
                            self.log, self.progress, self.counters["sequences"], self.counters["tokens"])
@@ -133,14 +153,21 @@ class Trainer:
                 if time_up:
                     self.progress.write(f"time budget of {config.max_time:g}s spent at step {self.step}")
                     break
+                if self.stop_early:  # every rank evaluated at this step and agreed (see _count_patience)
+                    self.progress.write(f"early stopping at step {self.step}: the validation metric did not improve "
+                                        f"in {config.early_stopping_patience} evaluations in a row")
+                    result.early_stopped = True
+                    break
+        return result, evaluated_at, saved_at
 
-        # ---- the end: a last evaluation, checkpoint and the exported model
+    def _finish(self, result: TrainResult, evaluated_at: int, saved_at: int) -> TrainResult:
+        """The end: a last evaluation, checkpoint and the exported model."""
         self.progress.close()
         result.step, result.train_seconds = self.step, self.budget.train_seconds()
-        result.skipped_steps = step_fn.skipped_steps
+        result.skipped_steps = self.optimizer_step.skipped_steps
         if not result.interrupted and evaluated_at != self.step:
             result.eval_metrics = self.evaluate() or result.eval_metrics
-        if not config.keeps_checkpoints:  # --keep-last 0 / --save-every 0: the model only, nothing to resume
+        if not self.config.keeps_checkpoints:  # --keep-last 0 / --save-every 0: the model only, nothing to resume
             checkpoint = None
         elif saved_at != self.step:
             checkpoint = self.save()
@@ -155,7 +182,6 @@ class Trainer:
                      "so the run cannot be resumed")
         elif result.interrupted:
             self.say(f"interrupted: checkpoint {checkpoint} written; continue with --resume")
-        self.log.close()
         return result
 
     def _wrap_model(self) -> None:
@@ -210,11 +236,29 @@ class Trainer:
         vector = self.dist.all_reduce_sum(torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64,
                                                        device=self.comm_device))
         metrics = self.task.summarize(dict(zip(keys, vector.tolist())))
+        improved = None
         if self.dist.is_main:
             self.log.write({"split": "eval", "step": self.step, **metrics})
-            self.progress.write(f"eval at step {self.step}: {format_metrics(metrics)}")
-            self.task.on_evaluate(self.step, metrics, self.model, self.run_dir)
+            self.progress.write(f"eval at step {self.step}: {format_metrics(metrics, percent=self.task.percent_metrics)}")
+            improved = self.task.on_evaluate(self.step, metrics, self.model, self.run_dir)
+        if self.config.early_stopping_patience is not None:
+            self._count_patience(improved)
         return metrics
+
+    def _count_patience(self, improved: bool | None) -> None:
+        """Early stopping: rank 0 judged the metric; every rank takes its verdict, so all stop at the same step."""
+        verdict = torch.tensor([float(bool(improved)), float(improved is None and self.dist.is_main)],
+                               dtype=torch.float64, device=self.comm_device)
+        improved_all, untracked = self.dist.all_reduce_max(verdict).tolist()
+        if untracked:  # the task keeps no validation metric (pretraining): nothing to count
+            return
+        misses = 0 if improved_all else int(self.counters["evals_without_improvement"]) + 1
+        self.counters["evals_without_improvement"] = misses
+        patience = self.config.early_stopping_patience
+        if misses:
+            self.progress.write(f"no improvement of the validation metric in {misses} evaluation(s) in a row "
+                                f"(stopping at {patience})")
+        self.stop_early = misses >= patience
 
     def save(self) -> Path | None:
         """A checkpoint of everything an exact resume needs: weights, optimizer, schedule, RNGs, data position."""

@@ -67,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     metrics, _ = predictor.evaluate(examples)
     seconds = time.perf_counter() - start
+    # The scale convention, stated once: the scores named here are percentages 0-100 (SQuAD's, as its
+    # official script), every other score a fraction 0-1 (see onebert.train.metrics_log).
+    percent = spec.handler.percent_metrics
     result: dict[str, Any] = {"task": spec.task, "model": str(predictor.directory), "data": str(args.data),
-                              "examples": len(examples), **metrics}
+                              "examples": len(examples), **metrics,
+                              "percent_metrics": [k for k in metrics if percent and k.endswith(percent)]}
     if args.plots:
         import importlib.util
 
@@ -104,7 +108,7 @@ def columns(spec, args: argparse.Namespace) -> dict[str, str]:
 def format_table(result: dict[str, Any], seconds: float) -> str:
     lines = [f"{result['task']}: {result['examples']:,} examples from {result['data']} "
              f"(model {result['model']}; {seconds:.1f}s, {result['examples'] / max(seconds, 1e-9):,.0f}/s)"]
-    skip = {"task", "model", "data", "examples", "labels", "confusion_matrix", "per_type", "plots"}
+    skip = {"task", "model", "data", "examples", "labels", "confusion_matrix", "per_type", "plots", "percent_metrics"}
     width = max((len(k) for k in result if k not in skip), default=6)
     for key, value in result.items():
         if key in skip:

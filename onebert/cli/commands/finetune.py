@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     features.add_argument("--version-2-with-negative", action="store_true",
                           help="qa: questions may have no answer (SQuAD v2.0; detected from the training data too)")
 
+    _add_run_arguments(parser)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("validation, logging, checkpoints")
     run.add_argument("--metric", default=None,
                      help="validation metric that picks the best model (default: accuracy; pearson for regression; "
@@ -77,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "length and batch": ["max_steps", "grad_accum"],
         "optimizer": ["lr", "warmup_ratio", "warmup_steps", "schedule", "weight_decay", "adam_eps", "max_grad_norm",
                       "max_nonfinite", "seed"],
-        "validation, logging, checkpoints": ["eval_every", "log_every", "save_every", "keep_last"],
+        "validation, logging, checkpoints": ["eval_every", "log_every", "save_every", "keep_last",
+                                             "early_stopping_patience", "report_to"],
     }, defaults={"lr": 5e-5, "warmup_ratio": 0.1, "adam_eps": 1e-8, "keep_last": 1}, helps={
         "max_steps": "optimizer steps (overrides --epochs)",
         "seed": "seeds the new head, the data order and dropout",

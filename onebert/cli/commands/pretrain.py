@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "length and batch": ["max_steps", "max_time", "grad_accum"],
         "optimizer": ["lr", "warmup_steps", "warmup_ratio", "schedule", "weight_decay", "adam_eps", "max_grad_norm",
                       "max_nonfinite", "seed"],
-        "logging, evaluation, checkpoints": ["log_every", "eval_every", "save_every", "keep_last"],
+        "logging, evaluation, checkpoints": ["log_every", "eval_every", "save_every", "keep_last", "report_to"],
         "hardware and speed": ["ipex"],
     }, defaults={"eval_every": 500, "save_every": 500}, helps={
         "warmup_ratio": "linear warm-up as a fraction of all steps (default 0.06 when no --warmup-steps)",

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
                         help="cut texts to this many tokens (default: the model's limit)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+                        help="number format of the encoder (autocast); pooling stays fp32")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar (shown on a terminal)")
 
 
 def read_lines(path: str) -> list[str]:
@@ -58,7 +60,7 @@ def read_lines(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from onebert.embeddings import Embedder
+    from onebert.infer.embedder import Embedder
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_path, check_output_file, is_embedding_array
 
@@ -67,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
     texts = read_lines(args.input)
     if not texts:
         raise OneBertError(f"{args.input}: no lines to embed")
-    embedder = Embedder.from_checkpoint(args.model, pooling=args.pooling, normalize=args.normalize,
-                                        max_length=args.max_length, device=args.device)
-    result = embedder.encode(texts, batch_size=args.batch_size, progress=not args.no_progress)
+    embedder = Embedder(args.model, pooling=args.pooling, normalize=args.normalize, max_length=args.max_length,
+                        device=args.device, precision=args.precision)
+    result = embedder.encode_result(texts, batch_size=args.batch_size, progress=False if args.no_progress else None)
     with atomic_path(args.output) as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.save would append .npy to a bare temp name
             np.save(handle, result.embeddings)

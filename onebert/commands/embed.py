@@ -37,7 +37,7 @@ def read_lines(path: str) -> list[str]:
     """Lines without their line ends; a final newline does not make an extra empty text."""
     import sys
 
-    from onebert.data.text_input import check_input_file
+    from onebert.text_input import check_input_file
     from onebert.errors import OneBertError
 
     if path == "-":

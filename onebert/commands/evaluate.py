@@ -12,7 +12,8 @@ HELP = "score a fine-tuned model on labelled data (a table on stderr, one JSON o
 DESCRIPTION = (
     "Evaluate a fine-tuned model directory (or a `onebert finetune` output, whose best/ model is used) on "
     "labelled data in the format of its task: classification TSV/CSV/JSONL (the text and label columns of "
-    "fine-tuning are remembered), CoNLL for ner, SQuAD JSON for qa. Prints a readable table on stderr and "
+    "fine-tuning are remembered), CoNLL for ner, SQuAD JSON for qa, or for each Parquet, a JSON array or a "
+    "`datasets` save_to_disk directory. Prints a readable table on stderr and "
     "one JSON object on stdout: accuracy, precision, recall, f1, f1_macro, mcc (+ confusion_matrix) for "
     "classification; pearson, spearman, mse for regression; entity precision/recall/f1 and per_type for ner; "
     "exact_match and f1 (+ HasAns_/NoAns_ and best_f1 for SQuAD v2.0) for qa. "
@@ -21,7 +22,11 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
-    parser.add_argument("--data", metavar="FILE", help="labelled data in the task's format (required)")
+    from onebert.tasks.records import add_format_arguments
+
+    parser.add_argument("--data", metavar="FILE|DIR", help="labelled data in the task's format (required; a "
+                                                           "DatasetDict directory gives its validation split)")
+    add_format_arguments(parser)
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification: text column (default: as fine-tuned)")
     parser.add_argument("--text-pair-column", default=None, help="classification: second text column")
@@ -82,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_labelled(spec, path: str, args: argparse.Namespace) -> list[Any]:
-    return spec.handler.read(path, columns(spec, args))
+    from onebert.tasks.records import read_options
+
+    return spec.handler.read(path, columns(spec, args), read_options(args, "data"))
 
 
 def columns(spec, args: argparse.Namespace) -> dict[str, str]:

@@ -11,7 +11,8 @@ DESCRIPTION = (
     "Fine-tune a BERT (a `onebert pretrain` output or any HuggingFace BERT directory with its tokenizer files) "
     "on labelled data: --task classification (TSV/CSV/JSONL, single texts or pairs, labels), regression (the "
     "same files with numbers; detected when classification labels are decimals), "
-    "ner (CoNLL) or qa (SQuAD v1.1/v2.0 JSON). Validation runs every epoch (or --eval-every steps) with the "
+    "ner (CoNLL) or qa (SQuAD v1.1/v2.0 JSON); for every task also Parquet, JSON-array files and `datasets` "
+    "save_to_disk directories with the columns of the Hub datasets (text/label, tokens/ner_tags, SQuAD's). Validation runs every epoch (or --eval-every steps) with the "
     "task's standard metric; the best model is kept in OUTPUT/best, the last one in OUTPUT/final, both in "
     "HuggingFace layout with the tokenizer and the task's labels (and for SQuAD v2.0 the null-answer threshold "
     "tuned on the validation set), ready for `onebert evaluate`, `onebert predict` and `onebert.pipeline`. "
@@ -22,13 +23,15 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from onebert.tasks import TASKS
+    from onebert.tasks.records import add_format_arguments
 
     io = parser.add_argument_group("task, data, model and output")
     io.add_argument("--task", choices=tuple(TASKS), help="what to learn (required)")
     io.add_argument("--model", metavar="DIR", help="pretrained model directory with its tokenizer files (required)")
-    io.add_argument("--train", metavar="FILE", help="training data (required)")
-    io.add_argument("--validation", metavar="FILE", default=None,
-                    help="validation data: scored every epoch, the best model is kept (without it: only final/)")
+    io.add_argument("--train", metavar="FILE|DIR", help="training data (required; a DatasetDict: its train split)")
+    io.add_argument("--validation", metavar="FILE|DIR", default=None, help="validation data: scored every epoch, "
+                    "the best model is kept (without it: only final/; a DatasetDict: its validation split)")
+    add_format_arguments(io)
     io.add_argument("--output", metavar="DIR",
                     help="run directory: best/, final/, metrics, checkpoints (required; new, empty or an earlier run's)")
     io.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|CHECKPOINT",

@@ -10,13 +10,15 @@ from typing import Any
 from onebert import ranges
 
 HELP = "predict with a fine-tuned model: JSON lines out, one per input"
-FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "conll", "squad")
+FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "json", "parquet", "datasets", "conll", "squad")
 DESCRIPTION = (
     "Run a fine-tuned model over inputs and write JSON lines, one per input in input order. Inputs "
     "(--format auto decides by the file suffix and content): classification: plain text lines (.txt, stdin), "
     "or TSV/CSV/JSONL with the text (and pair) columns of fine-tuning; ner: plain text lines or CoNLL (words "
     "in the first column; detected by -DOCSTART- or a tag column); qa: SQuAD JSON, or JSON lines "
-    '{"question": ..., "context": ..., "id": ...} (.jsonl, stdin). Outputs: classification {"label", "score", '
+    '{"question": ..., "context": ..., "id": ...} (.jsonl, stdin); for each task also Parquet, a JSON array (.json '
+    "starting with [) or a `datasets` save_to_disk directory (a DatasetDict gives its test split). "
+    'Outputs: classification {"label", "score", '
     '"scores"} ({"score"} for regression); ner {"text", "words", "tags", "entities": [{"entity", "word", '
     '"start", "end", "score"}]}; qa {"id", "answer", "start", "end", "score"}. '
     "Example: onebert predict --model runs/conll --input news.txt --output entities.jsonl")
@@ -59,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.input == "-":
         # The readers read files; stdin goes through a temporary one, and errors name <stdin>.
         with tempfile.TemporaryDirectory() as tmp:
-            suffix = {"tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "squad": ".json"}.get(args.format, ".txt")
+            suffix = {"tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "squad": ".json", "json": ".json",
+                      "parquet": ".parquet"}.get(args.format, ".txt")
+            if args.format == "datasets":
+                raise OneBertError("--input -: a datasets directory cannot come from stdin; give its path")
             path = Path(tmp) / f"stdin{suffix}"
             path.write_bytes(sys.stdin.buffer.read())
             try:

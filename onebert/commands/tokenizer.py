@@ -113,7 +113,8 @@ def _encode(args: argparse.Namespace) -> int:
     if args.pair is not None:
         _check_argument(args.pair, "pair")
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-    batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None)
+    batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None,
+                      return_offsets_mapping=True, return_word_ids=True)
     ids, types = batch["input_ids"][0], batch["token_type_ids"][0]
     offsets, segments = batch["offset_mapping"][0], batch["sequence_ids"][0]
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -133,7 +134,7 @@ def _check_argument(text: str, name: str) -> None:
 
     Python turns bytes of the command line that are not UTF-8 into lone surrogates U+DC80-U+DCFF.
     """
-    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.text_input import describe_surrogate, lone_surrogate
     from onebert.errors import OneBertError
 
     index = lone_surrogate(text)

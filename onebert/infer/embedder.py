@@ -250,7 +250,7 @@ def _max_length(model, tokenizer, asked: int | None, declared: int | None) -> in
 
 
 def _checked_texts(texts: Sequence[str]) -> list[str]:
-    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.text_input import describe_surrogate, lone_surrogate
 
     texts = list(texts)
     for i, text in enumerate(texts):

@@ -34,6 +34,7 @@ class Task:
     example_unit: ClassVar[str] = "examples"  # what the training lines count
     options: ClassVar[tuple[str, ...]] = ()  # the task-specific `onebert finetune` options it accepts
     input_formats: ClassVar[tuple[str, ...]] = ()  # `onebert predict --format` values (first: the fallback)
+    data_formats: ClassVar[tuple[str, ...]] = ()  # the labelled-data formats `read` takes (`--format` of finetune)
     serve_request: ClassVar[str] = "texts"  # the /predict body shape, a key of onebert.serve.app's routes
     plots: ClassVar[bool] = False  # `onebert evaluate --plots` draws this task's results
 
@@ -86,8 +87,9 @@ class Task:
         (Fields, not a TaskSpec: the spec imports the registry, which imports the tasks.)"""
         raise NotImplementedError
 
-    def read(self, path: str | Path, columns: dict[str, str] | None = None) -> list[Any]:
-        """Labelled examples from a file in the task's format."""
+    def read(self, path: str | Path, columns: dict[str, str] | None = None, options=None) -> list[Any]:
+        """Labelled examples from a file (or saved dataset) in one of `data_formats`; `options` is a
+        readers.ReadOptions (the format, label names, the split of a DatasetDict)."""
         raise NotImplementedError
 
     def features(self, tokenizer, examples: Sequence[Any], with_labels: bool) -> Features:

@@ -347,9 +347,12 @@ def finetune(args) -> int:
 def read_training_data(args, max_seq_length: int, log=print):
     """Training and validation examples, and the task spec (labels from the training data)."""
     columns = {k: getattr(args, k) for k in ("text_column", "text_pair_column", "label_column") if getattr(args, k)}
+    from onebert.tasks.records import read_options
+
     reader = get_task(args.task)(None)
-    train_examples = reader.read(args.train, columns)
-    validation_examples = reader.read(args.validation, columns) if args.validation else None
+    train_examples = reader.read(args.train, columns, read_options(args, "train"))
+    validation_examples = reader.read(args.validation, columns, read_options(args, "validation")) \
+        if args.validation else None
     kind = get_task(get_task(args.task).training_task(args, train_examples))
     spec = TaskSpec(kind.name, **kind.training_spec(args, train_examples, validation_examples, max_seq_length, log=log))
     return train_examples, validation_examples, spec

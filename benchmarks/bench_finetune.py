@@ -160,7 +160,7 @@ def run_onebert(task: str, files: dict[str, str], seed: int, run_dir: Path, thre
 
     import onebert.cli.commands.evaluate  # noqa: F401 - imports before the clock, as on the other side
     import onebert.cli.commands.finetune  # noqa: F401
-    import onebert.predict  # noqa: F401
+    import onebert.infer.predictor  # noqa: F401
     import onebert.train.finetuning  # noqa: F401
     from onebert.cli import main
 

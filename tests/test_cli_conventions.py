@@ -58,7 +58,7 @@ def test_precision_has_one_default_and_device_accepts_cuda_n_on_every_command():
     assert check_device("cuda:1") == "cuda:1"
     with pytest.raises(OneBertError, match="not a device"):
         check_device("gpu")
-    from onebert.train.precision import device_type
+    from onebert.runtime import device_type
 
     assert device_type("cuda:1") == "cuda"  # the training runtime takes cuda:N too (was refused by finetune)
 

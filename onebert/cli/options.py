@@ -186,10 +186,7 @@ def model_or_run_dir(path: str, prog: str) -> str:
 
     from onebert.errors import OneBertError
 
-    try:
-        from onebert.infer.predictor import resolve_model_dir  # where the infer package puts it
-    except ImportError:
-        from onebert.predict import resolve_model_dir
+    from onebert.infer.predictor import resolve_model_dir
     try:
         resolved = resolve_model_dir(path)
     except OneBertError:

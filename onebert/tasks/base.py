@@ -1,6 +1,6 @@
 """The `Task` interface: everything that differs between fine-tuning tasks, behind one object.
 
-The commands, the training loop, `onebert.predict`, the pipeline and the server never ask which task
+The commands, the training loop, `onebert.infer.predictor`, the pipeline and the server never ask which task
 they run; they call the spec's Task (`task_of(spec)`), one class per file in this package
 (classification, regression, ner, qa), registered by name in `onebert.tasks.TASKS`.
 

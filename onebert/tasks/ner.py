@@ -227,6 +227,16 @@ def joined_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(words), spans
 
 
+def _predict_texts_with_words(predict, examples: Sequence[NerExample]) -> list[NerPrediction | None]:
+    """One prediction per example, None for a text without words (empty, only spaces): it has no
+    entities and needs no model call. Shared by `onebert predict` and the pipeline."""
+    filled = [i for i, example in enumerate(examples) if example.words]
+    predictions: list[NerPrediction | None] = [None] * len(examples)
+    for i, prediction in zip(filled, predict([examples[i] for i in filled])):
+        predictions[i] = prediction
+    return predictions
+
+
 def entity_records(prediction: NerPrediction, words: Sequence[str], text: str,
                    spans: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
     """Entities with character offsets into `text`; spans[i] = (start, end) of word i in it."""
@@ -335,11 +345,9 @@ class NerTask(Task):
                 words, spans = split_words(line)
                 texts.append((line, spans))
                 examples.append(NerExample(words=words, source=f"{path}: line {n}"))
-        filled = [i for i, e in enumerate(examples) if e.words]
-        predictions = dict(zip(filled, predict([examples[i] for i in filled])))
+        predictions = _predict_texts_with_words(predict, examples)
         records = []
-        for i, (example, (text, spans)) in enumerate(zip(examples, texts)):
-            prediction = predictions.get(i)
+        for example, prediction, (text, spans) in zip(examples, predictions, texts):
             records.append({"text": text, "words": example.words, "tags": prediction.tags if prediction else [],
                             "entities": entity_records(prediction, example.words, text, spans) if prediction else []})
         return records
@@ -351,10 +359,6 @@ class NerTask(Task):
                 raise OneBertError(f"input {i}: expected a text, got {kind_of(item)}")
             split.append(split_words(item))
         examples = [NerExample(words=words, source=f"input {i}") for i, (words, _) in enumerate(split)]
-        # A text without words (empty, only spaces) has no entities and needs no model call.
-        filled = [i for i, example in enumerate(examples) if example.words]
-        outputs: list[list[dict[str, Any]]] = [[] for _ in items]
-        for i, prediction in zip(filled, predict([examples[i] for i in filled])):
-            words, spans = split[i]
-            outputs[i] = entity_records(prediction, words, items[i], spans)
-        return outputs
+        predictions = _predict_texts_with_words(predict, examples)
+        return [entity_records(prediction, words, item, spans) if prediction else []
+                for prediction, (words, spans), item in zip(predictions, split, items)]

@@ -14,7 +14,7 @@ for NER) in the whole accumulated, all-ranks batch (see `onebert.train.step`): t
 loss times the micro-batch's count over the global total.
 
 Validation. The loop calls `evaluate` every `eval_every` steps: the whole validation set goes
-through `onebert.predict` (the code path of `onebert evaluate`), scored with the task's standard
+through `onebert.infer.predictor` (the code path of `onebert evaluate`), scored with the task's standard
 metric; for SQuAD v2.0 the null-answer threshold is tuned on these predictions (no second pass)
 and the metrics are those at the tuned threshold. The model with the best validation metric is
 written to RUN_DIR/best (with its threshold) as a HuggingFace-layout directory with the tokenizer.
@@ -35,7 +35,7 @@ from torch import nn
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_directory
 from onebert.model.flops import training_flops
-from onebert.predict import forward
+from onebert.infer.predictor import forward
 from onebert.tasks import collate, get_task
 from onebert.tasks.spec import TaskSpec
 from onebert.train.distributed import DistContext
@@ -288,8 +288,8 @@ def finetune(args) -> int:
     import math
 
     from onebert.model.config import BertConfig
-    from onebert.predict import load_tokenizer, model_class, resolve_model_dir
-    from onebert.train import precision as prec
+    from onebert.infer.predictor import load_tokenizer, model_class, resolve_model_dir
+    from onebert import runtime
     from onebert.train.distributed import init_distributed, shutdown
     from onebert.train.config import TrainConfig
     from onebert.train.trainer import train
@@ -316,7 +316,7 @@ def finetune(args) -> int:
     if args.early_stopping_patience is not None and not validation_examples:
         raise OneBertError("--early-stopping-patience needs --validation (it counts validations without improvement)")
 
-    dist = init_distributed(prec.device_type(args.device))
+    dist = init_distributed(runtime.device_type(args.device))
     say = print if dist.is_main else (lambda *a, **k: None)
     try:
         best = read_best(output, args.metric or spec.default_metric) if args.resume is not None else None

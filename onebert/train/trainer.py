@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from onebert.train import checkpoint as ckpt
-from onebert.train import precision as prec
+from onebert import runtime
 from onebert.train.budget import Budget, StopRequest, initial_schedule, refit_after_resume
 from onebert.train.config import TrainConfig
 from onebert.train.distributed import DistContext, init_distributed, wrap_ddp
@@ -62,9 +62,9 @@ class Trainer:
                  notes: dict[str, Any] | None = None):
         config.validate()
         self.task, self.config, self.run_dir = task, config, Path(config.output_dir)
-        self.dist = dist = dist or init_distributed(prec.device_type(config.device))
-        self.device = prec.resolve_device(config.device, dist.local_rank)
-        self.precision = prec.resolve_precision(config.precision, self.device)
+        self.dist = dist = dist or init_distributed(runtime.device_type(config.device))
+        self.device = runtime.resolve_device(config.device, dist.local_rank)
+        self.precision = runtime.resolve_precision(config.precision, self.device)
         self.say = print if dist.is_main else (lambda *a, **k: None)
         resumed = ckpt.find_resume(self.run_dir, config.resume, log=self.say)
 
@@ -73,7 +73,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas,
                                          config.adam_eps)
         self.schedule = initial_schedule(config)
-        self.scaler = prec.grad_scaler(self.device, self.precision)
+        self.scaler = runtime.grad_scaler(self.device, self.precision)
         self.step, self.resumed = 0, resumed is not None
         # Checkpointed with the weights; evals_without_improvement is the early-stopping count.
         self.counters: dict[str, Any] = {"train_seconds": 0.0, "skipped_steps": 0, "sequences": 0.0, "tokens": 0.0,
@@ -187,12 +187,12 @@ class Trainer:
     def _wrap_model(self) -> None:
         """The module the steps call (IPEX, torch.compile, DDP); `self.model` stays the plain one."""
         if self.config.ipex:
-            self.model, self.optimizer = prec.apply_ipex(self.model, self.optimizer, self.precision)
+            self.model, self.optimizer = runtime.apply_ipex(self.model, self.optimizer, self.precision)
         # Batches vary in length (and the model packs real tokens), so compile for dynamic shapes once
         # rather than recompiling for every new length.
         model_fn: nn.Module = torch.compile(self.model, dynamic=True) if self.config.compile else self.model
         self.model_fn = wrap_ddp(model_fn, self.dist, self.device)
-        self.autocast = prec.autocast(self.device, self.precision)
+        self.autocast = runtime.autocast(self.device, self.precision)
         self.comm_device = self.device if self.dist.backend in ("nccl", "xccl") else torch.device("cpu")
 
     def _announce(self, options: dict[str, Any] | None, notes: dict[str, Any] | None) -> dict[str, Any]:
@@ -206,7 +206,7 @@ class Trainer:
             "parameters": sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values()),
             "optimizer": f"AdamW ({optimizer_kind(self.optimizer)})", "backend": dist.backend or "single process",
         }
-        self.peak_flops = prec.measure_peak_flops(self.device, self.precision) if config.measure_mfu else None
+        self.peak_flops = runtime.measure_peak_flops(self.device, self.precision) if config.measure_mfu else None
         if dist.is_main:
             import yaml
 

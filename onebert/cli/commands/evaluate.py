@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
-    from onebert.predict import Predictor
+    from onebert.infer.predictor import Predictor
 
     for name in ("model", "data"):
         if not getattr(args, name):

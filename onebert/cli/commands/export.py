@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from onebert import export
+    from onebert.infer import export
     from onebert.model.config import BertConfig
     from onebert.errors import OneBertError
     from onebert.tokenizer import Tokenizer
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_export_dir(directory) -> bool:
     """A directory an earlier onnx/torchscript export wrote and nothing else: a re-export may replace it."""
-    from onebert import export
+    from onebert.infer import export
     from onebert.io_utils import holds_only
 
     models = [name for name in ("model.onnx", "model.pt") if (directory / name).is_file()]

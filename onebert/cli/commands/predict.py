@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_write_text, check_output_file, is_json_lines
-    from onebert.predict import Predictor
+    from onebert.infer.predictor import Predictor
 
     for name in ("model", "input"):
         if not getattr(args, name):

@@ -57,3 +57,17 @@ def test_inference_modules_have_no_device_resolver_of_their_own():
 
     assert not hasattr(onebert.infer.embedder, "resolve_device")
     assert not hasattr(onebert.infer.predictor, "resolve_device")
+
+
+def test_auto_precision_is_fp32_for_inference_on_a_cpu_and_bf16_autocast_for_training_where_native(monkeypatch):
+    import torch
+
+    from onebert import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    assert runtime.resolve_precision("auto", cpu, "inference") == "fp32"
+    assert runtime.resolve_precision("bf16", cpu, "inference") == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_precision("auto", cpu) == "fp32"

@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_KINDS = ("auto", "cpu", "cuda", "xpu", "mps")
 DEVICE_HELP = "where to run: auto (cuda, else xpu, else mps, else cpu), cpu, cuda, cuda:N, xpu, xpu:N or mps"
-PRECISION_HELP = ("number format of the forward pass: auto (the runtime's choice: bf16 where the hardware computes "
-                  "it natively, fp16 on CUDA without bf16, else fp32), fp32, bf16 or fp16 (CUDA/XPU only)")
+PRECISION_HELP = ("number format of the forward pass: auto (on a GPU bf16, or fp16 without it; on a CPU bf16 "
+                  "autocast for training where the CPU has native bf16, fp32 for inference so outputs equal "
+                  "the reference's), fp32, bf16 or fp16 (CUDA/XPU only)")
 
 
 def check_device(text: str) -> str:

@@ -142,7 +142,7 @@ class Embedder:
             tokenizer = Tokenizer.from_pretrained(directory)
         tokenizer.check_fits(model.config, where=str(directory or "model"))
         self.device = runtime.resolve_device(device)
-        self.precision = runtime.resolve_precision(precision, self.device)
+        self.precision = runtime.resolve_precision(precision, self.device, "inference")
         self.model: BertModel = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.pooling = pooling

@@ -110,7 +110,7 @@ class Predictor:
         torch_device = runtime.resolve_device(device)
         model.to(torch_device).eval()
         return cls(model=model, tokenizer=tokenizer, spec=spec, device=torch_device, batch_size=batch_size,
-                   precision=runtime.resolve_precision(precision, torch_device), directory=directory)
+                   precision=runtime.resolve_precision(precision, torch_device, "inference"), directory=directory)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         from onebert import runtime

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # a bad or busy port fails now, not after loading the model
     app = create_app(args.model, settings)
     routes = "/predict, /embed" if "predict" in app.state.batchers else "/embed (no task head: no /predict)"
-    print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health, /ready, /metrics; docs at /docs", flush=True)
+    print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health, /ready, /metrics; "
+          f"docs at /docs", flush=True)
     serve_forever(app, host=args.host, port=args.port, log_level=args.log_level, sock=sock)
     return 0

@@ -168,7 +168,7 @@ class Embedder:
             raise OneBertError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
         if pooling == "pooler" and self.model.pooler is None:
             raise OneBertError("this model has no pooler layer; use pooling 'mean' or 'cls'")
-        from onebert.data.text_input import describe_surrogate, lone_surrogate
+        from onebert.text_input import describe_surrogate, lone_surrogate
 
         texts = list(texts)
         for i, text in enumerate(texts):
@@ -183,7 +183,8 @@ class Embedder:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(texts), unit="text", desc="embed", dynamic_ncols=True)
+            # disable=None: a bar only when stderr is a terminal (not into a pipe or a log file)
+            bar = tqdm(total=len(texts), unit="text", desc="embed", dynamic_ncols=True, disable=None)
         chunk = batch_size * _CHUNK_BATCHES
         for start in range(0, len(texts), chunk):
             ids = self._token_ids(texts[start:start + chunk], start, truncated)

@@ -50,7 +50,7 @@ class Pipeline:
 
 def _refuse_surrogates(i: int, item: Any) -> None:
     """A lone surrogate makes the tokenizer refuse the whole batch; name the input that holds it."""
-    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.text_input import describe_surrogate, lone_surrogate
 
     texts = item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else [item]
     for text in texts:

@@ -250,7 +250,8 @@ class NerTask(Task):
     # see BENCHMARKS.md). Its batches are random (a mega-batch of one batch).
     group_size = 1
     example_unit = "sentences"
-    input_formats = ("text", "conll")
+    input_formats = ("text", "conll", "jsonl", "json", "parquet", "datasets")
+    data_formats = ("conll", "jsonl", "json", "parquet", "datasets")
     plots = True
 
     def describe(self) -> str:
@@ -266,10 +267,24 @@ class NerTask(Task):
                 "cannot predict them")
         return dict(labels=tags, max_seq_length=max_seq_length)
 
-    def read(self, path, columns=None) -> list[NerExample]:
-        from onebert.tasks.readers import read_conll
+    def read(self, path, columns=None, options=None) -> list[NerExample]:
+        return self.read_examples(path, options, labelled=True)
 
-        return read_conll(path)
+    def read_examples(self, path, options, labelled: bool) -> list[NerExample]:
+        """CoNLL, or records with `tokens` and `ner_tags` (JSON lines, a JSON array, Parquet, a saved dataset)."""
+        from onebert.tasks.readers import ReadOptions, read_conll
+        from onebert.tasks.records import check_format, is_json_lines, ner_records, record_format
+
+        options = options or ReadOptions()
+        check_format(self.name, options.file_format, self.data_formats)
+        fmt = record_format(path, options.file_format) or ("jsonl" if is_json_lines(path, options.file_format)
+                                                           else None)
+        if fmt is not None:
+            return ner_records(path, fmt, options, labelled=labelled)
+        if options.label_names is not None:
+            raise OneBertError(f"--label-names names the integer ner_tags of record files; {path} is CoNLL, "
+                               "whose tags are written out")
+        return read_conll(path, labelled=labelled)
 
     def features(self, tokenizer, examples, with_labels: bool) -> NerFeatures:
         return ner_features(tokenizer, examples, max_seq_length=self.spec.max_seq_length, tag_list=self.spec.labels,
@@ -299,15 +314,21 @@ class NerTask(Task):
         return evaluate_ner(predictions, examples)
 
     def guess_format(self, path: Path, stdin: bool) -> str:
+        from onebert.tasks.records import is_json_lines, record_format
+
+        if not stdin and (record_format(path) or is_json_lines(path, None)):
+            return record_format(path) or "jsonl"
         if path.suffix.lower() in (".conll", ".iob", ".iob2", ".bio", ".conllu"):
             return "conll"
         return "conll" if looks_like_conll(path) else "text"
 
     def predict_records(self, predict, path, fmt, columns) -> list[dict[str, Any]]:
-        from onebert.tasks.readers import read_conll
+        from onebert.tasks.readers import ReadOptions
+        from onebert.tasks.records import DEFAULT_SPLITS
 
-        if fmt == "conll":
-            examples = read_conll(path, labelled=False)
+        if fmt != "text":
+            examples = self.read_examples(path, ReadOptions(file_format=fmt, split=DEFAULT_SPLITS["input"]),
+                                          labelled=False)
             texts = [joined_words(e.words) for e in examples]
         else:
             texts, examples = [], []

@@ -32,8 +32,15 @@ def _mps_available() -> bool:
     return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
+def _split_index(name: str) -> tuple[str, int | None]:
+    """'cuda:1' -> ('cuda', 1): one device of several, as --device accepts it on every command."""
+    kind, _, index = str(name).partition(":")
+    return (kind, int(index)) if kind in ("cuda", "xpu") and index.isdigit() else (name, None)
+
+
 def device_type(name: str) -> str:
-    """'auto' prefers cuda, then xpu, then mps, then cpu."""
+    """'auto' prefers cuda, then xpu, then mps, then cpu; 'cuda:1' is of type cuda."""
+    name = _split_index(name)[0]
     if name not in DEVICES:
         raise OneBertError(f"--device: unknown device '{name}' (choose one of {', '.join(DEVICES)})")
     if name == "auto":
@@ -43,15 +50,24 @@ def device_type(name: str) -> str:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The device to train on; under torchrun each rank takes its local GPU."""
+    """The device to train on; under torchrun each rank takes its local GPU (cuda:N names one GPU, so a single
+    process uses it)."""
+    index = _split_index(name)[1]
     name = device_type(name)
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "xpu": _xpu_available(), "mps": _mps_available()}
     if not available[name]:
         raise OneBertError(f"--device {name}: no {name} device is available to this PyTorch "
                            f"({torch.__version__}); use --device cpu or --device auto")
     if name in ("cuda", "xpu"):
-        getattr(torch, name).set_device(local_rank)
-        return torch.device(name, local_rank)
+        if index is not None and local_rank != 0:
+            raise OneBertError(f"--device {name}:{index} names one device; with several processes give --device "
+                               f"{name} (each process takes its local rank's)")
+        count = getattr(torch, name).device_count()
+        if index is not None and index >= count:
+            raise OneBertError(f"--device {name}:{index}: this machine has {count} {name} device(s) (0..{count - 1})")
+        index = local_rank if index is None else index
+        getattr(torch, name).set_device(index)
+        return torch.device(name, index)
     return torch.device(name)
 
 

@@ -324,7 +324,7 @@ def _fuzz_with_schemathesis(url: str, max_examples: int) -> set[str]:
 
 def test_malformed_requests_get_documented_4xx_never_5xx_schemathesis(server, classifier_dir):
     url, _ = server
-    assert _fuzz_with_schemathesis(url, max_examples=25) == {"/health", "/embed", "/predict"}
+    assert _fuzz_with_schemathesis(url, max_examples=25) == {"/health", "/ready", "/metrics", "/embed", "/predict"}
     # The QA body (one object or a list of them) is the other shape /predict can take.
     with background_server(create_app(classifier_dir, ServeSettings(device="cpu"), predictor=qa_stand_in,
                                       task="qa")) as qa_url:

@@ -98,7 +98,9 @@ class DynamicBatcher:
     """Collects concurrent requests into batches for `process(items) -> results` (same length, same order)."""
 
     def __init__(self, name: str, process: Callable[[list[Any]], list[Any]], executor: Executor, *,
-                 max_batch_size: int = 32, max_latency_ms: float = 10.0, max_queue: int = 256) -> None:
+                 max_batch_size: int = 32, max_latency_ms: float = 10.0, max_queue: int = 256,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        """on_batch(items): called after each batch that ran (the server's batch-size metric)."""
         if max_batch_size < 1 or max_queue < 1 or max_latency_ms < 0:
             raise ValueError("max_batch_size and max_queue must be positive, max_latency_ms not negative")
         self.name = name
@@ -108,6 +110,7 @@ class DynamicBatcher:
         self.max_latency = max_latency_ms / 1000.0
         self.max_queue = max_queue
         self.stats = BatchStats()
+        self.on_batch = on_batch
         # A deque and an event rather than asyncio.Queue: a timed-out wait then never loses a request
         # (the request stays in the deque; only a wake-up is missed), and the head of the line can be
         # looked at without taking it.
@@ -216,6 +219,8 @@ class DynamicBatcher:
                         request.future.set_exception(exc)
                 continue
             self.stats.record(len(live), len(items), time.perf_counter() - start)
+            if self.on_batch is not None:
+                self.on_batch(len(items))
             offset = 0
             for request in live:
                 count = len(request.items)

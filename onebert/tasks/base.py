@@ -38,7 +38,7 @@ class Task:
     options: ClassVar[tuple[str, ...]] = ()  # the task-specific `onebert finetune` options it accepts
     input_formats: ClassVar[tuple[str, ...]] = ()  # `onebert predict --format` values (first: the fallback)
     data_formats: ClassVar[tuple[str, ...]] = ()  # the labelled-data formats `read` takes (`--format` of finetune)
-    serve_request: ClassVar[str] = "texts"  # the /predict body shape, a key of onebert.serve.app's routes
+    serve_request: ClassVar[str] = "texts"  # the /predict body shape, a key of onebert.serve.routes' table
     plots: ClassVar[bool] = False  # `onebert evaluate --plots` draws this task's results
 
     def __init__(self, spec):
@@ -139,6 +139,16 @@ class Task:
     def pipeline_outputs(self, predict: Callable[[list[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
         """The pipeline and the server: one output record per input item."""
         raise NotImplementedError
+
+    @classmethod
+    def count_windows(cls, tokenizer, items: Sequence[Any], spec) -> int:
+        """About how many model sequences of `spec.max_seq_length` tokens `items` need: the server's measure
+        of a request's share of the model thread. One per item by default (texts that do not fit are
+        refused, not split); tasks that split long inputs into windows (NER, QA) count their windows.
+
+        spec: a TaskSpec, or any object with `max_seq_length` (and the task's own settings, which
+        default to TaskSpec's when absent)."""
+        return len(items)
 
 
 def kind_of(value: Any) -> str:

@@ -16,6 +16,7 @@ cut is counted in `NerFeatures.cut_words`. A word the tokenizer turns into no pi
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +352,16 @@ class NerTask(Task):
             records.append({"text": text, "words": example.words, "tags": prediction.tags if prediction else [],
                             "entities": entity_records(prediction, example.words, text, spans) if prediction else []})
         return records
+
+    @classmethod
+    def count_windows(cls, tokenizer, items, spec) -> int:
+        """Windows of `max_seq_length - 2` pieces, each after the first with `max_seq_length // 4` pieces of
+        left context (as `ner_features` cuts them; counted on the text's pieces, not its words)."""
+        length = spec.max_seq_length
+        capacity = length - 2
+        step = max(1, capacity - length // 4)
+        pieces = [len(ids) for ids in tokenizer.encode_ids(list(items))]
+        return sum(1 + math.ceil(max(0, n - capacity) / step) for n in pieces)
 
     def pipeline_outputs(self, predict, items) -> list[list[dict[str, Any]]]:
         split = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -387,6 +388,22 @@ class QATask(Task):
 
     def is_single_input(self, inputs) -> bool:
         return isinstance(inputs, (str, dict))
+
+    @classmethod
+    def count_windows(cls, tokenizer, items, spec) -> int:
+        """Windows as `qa_features` cuts them: the question (at most `max_query_length` tokens) and
+        `max_seq_length - question - 3` context tokens, advancing by that minus `doc_stride`."""
+        length = spec.max_seq_length
+        stride = getattr(spec, "doc_stride", 128)
+        max_query = getattr(spec, "max_query_length", 64) or length
+        questions = tokenizer.encode_ids([item["question"] for item in items])
+        contexts = tokenizer.encode_ids([item["context"] for item in items])
+        total = 0
+        for question, context in zip(questions, contexts):
+            room = length - 3 - min(len(question), max_query)
+            step = max(1, room - stride)
+            total += 1 + math.ceil(max(0, len(context) - room) / step)
+        return total
 
     def pipeline_outputs(self, predict, items) -> list[dict[str, Any]]:
         examples = []

@@ -7,12 +7,17 @@ import argparse
 from onebert import ranges
 from onebert.cli.options import add_runtime_options, model_or_run_dir
 
-HELP = "serve a model over HTTP: /predict, /embed, /health, OpenAPI at /docs"
+HELP = "serve a model over HTTP: /predict, /embed, /health, /ready, /metrics, OpenAPI at /docs"
 DESCRIPTION = (
     "Serve a model directory over HTTP (FastAPI + uvicorn). POST /predict runs the model's task "
     "(config.json onebert.task: classification {\"texts\": [...]} or pairs {\"texts\": [[a, b], ...]}, "
     "ner {\"texts\": [...]}, qa {\"question\": ..., \"context\": ...} or a list of them); POST /embed returns "
-    "sentence embeddings for {\"texts\": [...]}; GET /health; the OpenAPI schema is at /openapi.json and /docs. "
+    "sentence embeddings for {\"texts\": [...]}. Both also take text-embeddings-inference's {\"inputs\": \"text\"} or "
+    "{\"inputs\": [...]} and then answer in its shapes (/embed: a list of vectors; /predict: a list of "
+    "{label, score}, the most likely first). GET /health (liveness, each endpoint's max_lengths), GET /ready "
+    "(503 until a warm-up forward pass has run), GET /metrics (Prometheus text: requests and errors by endpoint "
+    "and status, latency and batch-size histograms, queue depth); the OpenAPI schema is at /openapi.json and "
+    "/docs (Swagger UI served locally from swagger-ui-bundle, so it works offline). "
     "Concurrent requests are batched together: up to --max-batch-size items, waiting at most "
     "--max-latency-ms for company; at most --max-queue requests wait, more get 503. Text fields must be "
     "Unicode text: a lone UTF-16 surrogate (the JSON escape \\ud800 alone) gets 422 naming the field and item.")
@@ -29,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=ranges.POSITIVE_INT, default=256,
                         help="waiting requests per endpoint before 503")
     parser.add_argument("--max-seq-length", "--max-length", type=ranges.TEXT_LENGTH, default=None, dest="max_length",
-                        metavar="N", help="tokens per text (default: the model's limit); longer texts get 422 "
+                        metavar="N", help="tokens per text (default: /predict the fine-tuning length, /embed the "
+                                          "encoder's; /health lists both); longer texts get 422 naming the length "
                                           "(--max-length is the same option)")
     parser.add_argument("--max-texts", type=ranges.POSITIVE_INT, default=128, help="items per request; more get 413")
     parser.add_argument("--max-text-chars", type=ranges.POSITIVE_INT, default=100_000,
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # a bad or busy port fails now, not after loading the model
     app = create_app(args.model, settings)
     routes = "/predict, /embed" if "predict" in app.state.batchers else "/embed (no task head: no /predict)"
-    print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health; docs at /docs", flush=True)
+    print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health, /ready, /metrics; "
+          f"docs at /docs", flush=True)
     serve_forever(app, host=args.host, port=args.port, log_level=args.log_level, sock=sock)
     return 0

@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx", reason="serving tests need httpx (pip insta
 pytest.importorskip("fastapi", reason="serving needs fastapi (pip install 'onebert[serve]')")
 pytest.importorskip("uvicorn", reason="serving needs uvicorn (pip install 'onebert[serve]')")
 
-from onebert.embeddings import Embedder  # noqa: E402
+from onebert.infer.embedder import Embedder  # noqa: E402
 from onebert.model import BertForSequenceClassification  # noqa: E402
 from onebert.serve.app import ServeSettings, create_app  # noqa: E402
 from onebert.serve.server import background_server  # noqa: E402
@@ -132,9 +132,9 @@ class GatedEmbedder:
     def __getattr__(self, name):
         return getattr(self._embedder, name)
 
-    def encode(self, *args, **kwargs):
+    def encode_result(self, *args, **kwargs):  # what the server's /embed runner calls
         assert self.gate.wait(30), "the test never opened the gate"
-        return self._embedder.encode(*args, **kwargs)
+        return self._embedder.encode_result(*args, **kwargs)
 
 
 def test_ready_is_503_until_a_warm_up_forward_pass_has_run_then_200(classifier_dir):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onebert import export
+from onebert.infer import export
 from onebert.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

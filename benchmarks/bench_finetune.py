@@ -158,9 +158,9 @@ def _write_squad(path: Path, articles: list[dict], version: str) -> None:
 def run_onebert(task: str, files: dict[str, str], seed: int, run_dir: Path, threads: int, cfg: dict) -> dict:
     import torch
 
-    import onebert.commands.evaluate  # noqa: F401 - imports before the clock, as on the other side
-    import onebert.commands.finetune  # noqa: F401
-    import onebert.predict  # noqa: F401
+    import onebert.cli.commands.evaluate  # noqa: F401 - imports before the clock, as on the other side
+    import onebert.cli.commands.finetune  # noqa: F401
+    import onebert.infer.predictor  # noqa: F401
     import onebert.train.finetuning  # noqa: F401
     from onebert.cli import main
 

@@ -6,7 +6,7 @@ Starts `onebert serve` in a subprocess on a free 127.0.0.1 port, then runs `--cl
 clients (httpx, asyncio), each sending `--requests` POSTs one after another to /embed (and to
 /predict, alternating, when the model has a task). Texts are real sentences: the first sentences of
 MRPC's training pairs from ../shared/data (or a --texts file, one per line). Every /embed response
-is compared with onebert.embeddings run directly in this process on the same texts (atol 1e-4);
+is compared with onebert.infer.embedder run directly in this process on the same texts (atol 1e-4);
 a /predict response must have one prediction per text. The run is bounded: each request times
 out after 30 s and the whole run after --time-limit seconds.
 
@@ -137,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from onebert.embeddings import Embedder
+    from onebert.infer.embedder import Embedder
     from onebert.model.config import BertConfig
 
     model = args.model or default_model()
     texts = read_texts(args.texts)
     has_task = BertConfig.load(Path(model)).onebert.get("task") is not None
     routes = ["/embed", "/predict"] if has_task else ["/embed"]
-    expected = dict(zip(texts, Embedder.from_checkpoint(model, device="cpu").encode(texts).embeddings))
+    expected = dict(zip(texts, Embedder(model, device="cpu").encode(texts)))
 
     port = free_port()
     server = start_server(model, port, ["--max-batch-size", str(args.max_batch_size),

@@ -24,6 +24,7 @@ _EXPORTS = {
     "ModelOutput": "onebert.model.bert",
     "Tokenizer": "onebert.tokenizer",
     "pipeline": "onebert.infer.pipeline",
+    "Embedder": "onebert.infer.embedder",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

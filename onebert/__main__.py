@@ -1,3 +1,3 @@
-from onebert.cli import main
+from onebert.cli.main import main
 
 raise SystemExit(main())

@@ -298,7 +298,8 @@ def holds_only(directory: Path, names: Iterable[str], patterns: Iterable[str] = 
                for entry in directory.iterdir())
 
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "curves.png")
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "best", "curves.png",
+               "tensorboard", "wandb", "mlruns")  # the last three: --report-to (onebert.train.tracking)
 RUN_CONFIG_HEADER = "# onebert run configuration"
 
 
@@ -316,6 +317,23 @@ def looks_like_run_dir(directory: Path) -> bool:
 def is_replaceable_run_dir(directory: Path) -> bool:
     """A run directory holding nothing but what a run writes, so that deleting it loses nothing of the user's."""
     return looks_like_run_dir(directory) and holds_only(directory, RUN_ENTRIES)
+
+
+def replace_run_dir(directory: Path, option: str = "--overwrite") -> None:
+    """Empty an earlier run directory so a new run starts in it (`finetune --overwrite`); refused with one line
+    when it holds anything a run does not write, so nothing of the user's is ever deleted."""
+    import shutil
+
+    others = sorted(e.name for e in directory.iterdir() if e.name not in RUN_ENTRIES and not _is_temp_name(e.name))
+    if not looks_like_run_dir(directory) or others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise OneBertError(f"{directory}: {option} replaces only a run directory onebert made and holding nothing "
+                           f"else; this one {'also holds ' + shown if others else 'is not a run directory'}")
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

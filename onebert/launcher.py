@@ -46,6 +46,6 @@ def reexec_with_tcmalloc(argv: list[str]) -> None:
 
 def console_main() -> None:
     reexec_with_tcmalloc(sys.argv[1:])
-    from onebert.cli import main
+    from onebert.cli.main import main
 
     raise SystemExit(main())

@@ -12,6 +12,8 @@ from typing import Any
 
 from onebert.errors import OneBertError
 
+FEW_POINTS = 20  # a series with at most this many points marks each one: a short run's line hides them
+
 # (panel title, y label, test on a metric name)
 PANELS = (
     ("loss", "loss", lambda k: k == "loss" or k.endswith("_loss")),
@@ -61,8 +63,9 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
             steps, values = series[(split, name)]
             # One colour per metric; train is a thin line, evaluation dashed with markers.
             style = {"marker": "o", "markersize": 3, "linestyle": "--"} if split == "eval" else {"linewidth": 1.0}
-            if len(steps) == 1:
-                style["marker"] = "o"  # a line of one point is invisible
+            if len(steps) <= FEW_POINTS:
+                # A line of one point is invisible, and a few points joined look like a measured curve.
+                style.update(marker="o", markersize=4 if len(steps) == 1 else 3)
             ax.plot(steps, values, label=f"{split} {name}", color=f"C{names.index(name)}", **style)
         ax.set_title(title)
         ax.set_xlabel("step")

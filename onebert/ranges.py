@@ -6,7 +6,7 @@ let through settings that train a NaN model (`--lr inf`), make every request tim
 therefore declared with a `RangedType` (`integer(...)` / `number(...)` below, or one of the named
 ranges): argparse calls it on the text, and a value that is not a finite number inside the range is
 refused there with argparse's one-line error naming the option. Config files (`--config FILE`) go
-through the same types (see onebert/cli.py `_coerce_one`), and the library's config classes
+through the same types (see onebert/cli/main.py `_coerce_one`), and the library's config classes
 (TrainConfig, ...) call `Range.check` with the same ranges, so the three entry points cannot disagree.
 This module imports nothing heavy: the CLI builds its parsers without torch.
 """
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from onebert.cli import _show  # repr() cut short: a hostile value keeps the error on one line
 from onebert.errors import OneBertError
+from onebert.errors import show_value as _show  # repr() cut short: a hostile value keeps the error on one line
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,22 @@ PROBABILITY = number(0, 1)
 EPOCHS = number(0, 1e6, min_inclusive=False)
 # A time budget (pretrain --max-time, TrainConfig.max_time): a year is more than any run; '1' and 400 zeros is inf.
 TIME_BUDGET = Range(min=0, max=366 * 86400, min_inclusive=False, unit="seconds")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '30m', '1.5h', '1h30m', '2d'."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", value)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])", "", value).strip():
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 90s, 30m, 1h30m, 2h)")
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+# '1' followed by 400 zeros parses to inf seconds: durations are range-checked like every number.
+DURATION = RangedType(TIME_BUDGET, parse=parse_duration, what="a duration")
 # serve: inf would make a lone request wait for company forever, nan makes every request time out.
 BATCH_WAIT_MS = number(0, 60_000)
 REQUEST_TIMEOUT = number(0, 86_400, min_inclusive=False)

@@ -253,22 +253,36 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encoding
 
-    def __call__(self, texts: str | Sequence[str], text_pairs: str | Sequence[str] | None = None,
+    def __call__(self, texts: str | Sequence[str] | None = None, text_pairs: str | Sequence[str] | None = None,
                  max_length: int | None = None, truncation: str | bool = "longest_first",
                  padding: str | bool = True, return_tensors: str | None = "pt", *,
-                 return_offsets_mapping: bool = True, return_word_ids: bool = True) -> dict[str, Any]:
+                 text: str | Sequence[str] | None = None, text_pair: str | Sequence[str] | None = None,
+                 return_token_type_ids: bool | None = None, return_attention_mask: bool | None = None,
+                 return_offsets_mapping: bool = False, return_word_ids: bool = False) -> dict[str, Any]:
         """Encode texts (or text pairs) as `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]`.
+
+        Called as transformers' tokenizers are: `tok(texts)`, `tok(texts, pairs)`, `tok(text=...,
+        text_pair=...)`, with max_length, truncation, padding, return_tensors and the return_* flags
+        of the same names, so that `model(**tok(texts, return_tensors="pt", padding=True))` works
+        for every onebert model as it does for transformers' (the default return holds model inputs
+        only). Unlike transformers, padding and "pt" tensors are the defaults.
 
         max_length: default `model_max_length` (512). truncation: "longest_first" (default, True),
         "only_first", "only_second" (for pairs; a single text is simply cut), or False; a pair that
-        the chosen strategy cannot cut short enough raises OneBertError, as transformers raises. padding: True / "longest" pads to the longest sequence
-        of the batch, "max_length" to max_length, False leaves lengths ragged (lists only).
-        Returns a dict of input_ids, token_type_ids, attention_mask and, unless turned off,
-        offset_mapping (character spans into the original text; (0, 0) for special and padding
-        tokens), word_ids and sequence_ids (None, or -1 in tensors, for special and padding tokens).
-        With return_tensors="pt" every value is a LongTensor ([B, S], offsets [B, S, 2]); with None,
-        lists of lists. A single string is a batch of one.
+        the chosen strategy cannot cut short enough raises OneBertError, as transformers raises.
+        padding: True / "longest" pads to the longest sequence of the batch, "max_length" to
+        max_length, False leaves lengths ragged (lists only).
+        Returns a dict of input_ids, token_type_ids and attention_mask (the last two unless
+        return_token_type_ids / return_attention_mask is False); with return_offsets_mapping=True
+        also offset_mapping (character spans into the original text; (0, 0) for special and padding
+        tokens), with return_word_ids=True word_ids and sequence_ids (None, or -1 in tensors, for
+        special and padding tokens). With return_tensors="pt" every value is a LongTensor ([B, S],
+        offsets [B, S, 2]); with None, lists of lists. A single string is a batch of one.
         """
+        texts = _one_of(texts, text, "texts", "text")
+        text_pairs = _one_of(text_pairs, text_pair, "text_pairs", "text_pair")
+        if texts is None:
+            raise TypeError("Tokenizer() needs the texts to encode (first argument, or text=)")
         texts, text_pairs = _as_batch(texts, "texts"), _as_batch(text_pairs, "text_pairs")
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text_pairs")
@@ -298,7 +312,11 @@ class Tokenizer:
         finally:
             self.backend.no_truncation()
             self.backend.no_padding()
-        return _collate(encodings, return_tensors, return_offsets_mapping, return_word_ids)
+        batch = _collate(encodings, return_tensors, return_offsets_mapping, return_word_ids)
+        for key, wanted in (("token_type_ids", return_token_type_ids), ("attention_mask", return_attention_mask)):
+            if wanted is False:  # None means the default, as in transformers: returned
+                del batch[key]
+        return batch
 
     def encode_windows(self, questions: Sequence[str], contexts: Sequence[str], max_length: int = 384,
                        stride: int = 128, max_query_length: int | None = None, padding: str | bool = True,
@@ -590,6 +608,13 @@ def _as_batch(texts: str | Sequence[str] | None, name: str) -> list[str] | None:
     return texts
 
 
+def _one_of(ours: Any, theirs: Any, our_name: str, their_name: str) -> Any:
+    """The value of an argument that may come under onebert's name or transformers' (`text_pair`)."""
+    if ours is not None and theirs is not None:
+        raise TypeError(f"Tokenizer() got both {our_name} and {their_name}; they are the same argument")
+    return theirs if ours is None else ours
+
+
 def _refuse_surrogates(exc: Exception, **batches: list[str] | None) -> None:
     """After the backend refused a batch: raise OneBertError naming the text that holds a lone surrogate.
 
@@ -598,7 +623,7 @@ def _refuse_surrogates(exc: Exception, **batches: list[str] | None) -> None:
     """
     if not isinstance(exc, TypeError):
         return
-    from onebert.data.text_input import check_texts
+    from onebert.text_input import check_texts
 
     for name, texts in batches.items():
         if texts is not None:
@@ -670,7 +695,7 @@ def _check_training_files(files: str | os.PathLike | Iterable[str | os.PathLike]
     paths = [Path(f) for f in files]
     if not paths:
         raise OneBertError("no training files given")
-    from onebert.data.text_input import check_input_file
+    from onebert.text_input import check_input_file
 
     for path in paths:
         if path.is_dir():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from onebert import export
+from onebert.infer import export
 from onebert.cli import main
 from onebert.model import MODEL_CLASSES
 from onebert.model.config import BertConfig

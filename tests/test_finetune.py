@@ -193,7 +193,7 @@ def test_qa_v2_threshold_is_tuned_on_validation_in_the_run_and_saved_with_the_be
 @pytest.mark.parametrize("name", ["pairs", "regression", "ner", "qa"])
 def test_fine_tuned_directory_loads_in_transformers_with_identical_logits(runs, name):
     transformers = pytest.importorskip("transformers")
-    from onebert.predict import Predictor
+    from onebert.infer.predictor import Predictor
 
     transformers.logging.set_verbosity_error()
     auto = {"pairs": transformers.AutoModelForSequenceClassification,
@@ -245,7 +245,7 @@ def test_a_worse_validation_score_never_replaces_the_best_model(tiny_model, tmp_
     from onebert.tasks.readers import TextExample
     from onebert.model import BertForSequenceClassification
     from onebert.model.config import BertConfig
-    from onebert.predict import TaskSpec, load_tokenizer
+    from onebert.infer.predictor import TaskSpec, load_tokenizer
     from onebert.train.finetuning import FineTuningTask, read_best
 
     config = BertConfig.load(tiny_model)
@@ -315,7 +315,7 @@ def test_ner_accumulation_normalises_by_the_labelled_tokens_of_the_whole_step(ti
     from onebert.tasks.readers import read_conll
     from onebert.model import BertForTokenClassification
     from onebert.model.config import BertConfig
-    from onebert.predict import TaskSpec, load_tokenizer
+    from onebert.infer.predictor import TaskSpec, load_tokenizer
     from onebert.tasks import collate
     from onebert.train.distributed import DistContext
     from onebert.train.finetuning import FineTuningTask
@@ -480,7 +480,7 @@ def test_qa_trains_on_random_batches_classification_on_length_grouped_ones(tiny_
     """Why random for QA: the questions on one paragraph have nearly the same length, so length-grouped batches
     would each hold one paragraph's questions (correlated gradients; 1.6 F1 on SQuAD v1.1, BENCHMARKS.md)."""
     from onebert.model.config import BertConfig
-    from onebert.predict import TaskSpec, load_tokenizer
+    from onebert.infer.predictor import TaskSpec, load_tokenizer
     from onebert.tasks.readers import QAExample, SquadAnswer, TextExample
     from onebert.train.finetuning import FineTuningTask
 

@@ -390,7 +390,7 @@ SURROGATE_TEXT = st.lists(TABLE_TEXT | st.integers(0xD800, 0xDFFF).map(chr), max
        squad=st.booleans())
 def test_json_texts_with_lone_surrogates_are_refused_at_the_first_one(work, rows, squad):
     """json.dumps writes a lone surrogate as a valid \\ud800 escape; the readers must name its line / path."""
-    from onebert.data.text_input import lone_surrogate
+    from onebert.text_input import lone_surrogate
 
     # A high and a low surrogate side by side are written as a pair of escapes, which JSON reads as one character.
     rows = [(json.loads(json.dumps(text)), label) for text, label in rows]

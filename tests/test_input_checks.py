@@ -123,7 +123,7 @@ def test_tokenizer_api_names_the_text_with_a_lone_surrogate(tiny_model):
 
 
 def test_pipeline_and_embedder_name_the_input_with_a_lone_surrogate(tiny_model, models):
-    from onebert.embeddings import Embedder
+    from onebert.infer.embedder import Embedder
     from onebert.infer.pipeline import pipeline
 
     pipe = pipeline(model=models["classification"], device="cpu")
@@ -132,7 +132,7 @@ def test_pipeline_and_embedder_name_the_input_with_a_lone_surrogate(tiny_model, 
     qa = pipeline(model=models["qa"], device="cpu")
     with pytest.raises(OneBertError, match=r"^input 0: lone surrogate"):
         qa({"question": "who?", "context": "\ud800"})
-    embedder = Embedder.from_checkpoint(tiny_model, device="cpu")
+    embedder = Embedder(tiny_model, device="cpu")
     with pytest.raises(OneBertError, match=r"^text 3: lone surrogate"):
         embedder.encode(["a", "b", "c", "\ud800"], batch_size=2)
 

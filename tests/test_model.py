@@ -186,3 +186,117 @@ def test_sequence_longer_than_positions_is_refused(tiny_config):
     model = BertModel(tiny_config)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(torch.ones(1, tiny_config.max_position_embeddings + 1, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- transformers' calling conventions
+
+ALL_CLASSES = [BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+               BertForTokenClassification, BertForQuestionAnswering]
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer(minilm_dir):
+    from onebert.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(minilm_dir)
+
+
+@pytest.mark.parametrize("model_cls", ALL_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_model_takes_exactly_what_the_tokenizer_returns_by_default(tiny_config, minilm_tokenizer, model_cls):
+    config = BertConfig(**{**tiny_config.__dict__, "vocab_size": minilm_tokenizer.vocab_size})
+    model = model_cls(config).eval()
+    texts, pairs = ["the cat sat on the mat .", "hello"], ["a dog", "a much longer second text than the first"]
+    with torch.no_grad():
+        for batch in (minilm_tokenizer(texts), minilm_tokenizer(texts, return_tensors="pt", padding=True),
+                      minilm_tokenizer(texts, pairs, return_tensors="pt", padding="max_length", truncation=True,
+                                       max_length=16)):
+            output = model(**batch)
+            assert output.keys(), model_cls.__name__
+
+
+@pytest.mark.parametrize("model_cls", ALL_CLASSES, ids=lambda cls: cls.__name__)
+def test_an_unknown_model_keyword_is_a_type_error_naming_it_and_the_accepted_ones(tiny_config, model_cls):
+    model = model_cls(tiny_config).eval()
+    batch = _batch(tiny_config)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'offset_mapping' \(a tokenizer output.*"
+                                        r"it accepts input_ids, attention_mask, token_type_ids"):
+        model(**batch, offset_mapping=torch.zeros(4, 16, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match=rf"{model_cls.__name__}.forward\(\) got an unexpected keyword argument "
+                                        r"'colour'; it accepts input_ids, .*return_dict"):
+        model(**batch, colour="blue")
+
+
+def _hf_tuple_order_matches(ours_tuple, hf_tuple):
+    # transformers' BertModel also returns cross_attentions, an empty tuple for an encoder without cross-attention.
+    hf_tuple = tuple(x for x in hf_tuple if not (isinstance(x, tuple) and not x))
+    assert len(ours_tuple) == len(hf_tuple)
+    for a, b in zip(ours_tuple, hf_tuple):
+        if isinstance(b, tuple):
+            assert [t.shape for t in a] == [t.shape for t in b]
+        else:
+            assert a.shape == b.shape
+
+
+HEADS = [(BertModel, "BertModel", {}), (BertForPreTraining, "BertForPreTraining", {}),
+         (BertForMaskedLM, "BertForMaskedLM", {}),
+         (BertForSequenceClassification, "BertForSequenceClassification", {"labels": torch.tensor([0, 1, 1, 0])}),
+         (BertForTokenClassification, "BertForTokenClassification", {}),
+         (BertForQuestionAnswering, "BertForQuestionAnswering", {})]
+
+
+@pytest.mark.parametrize("speed", [SpeedConfig(), SpeedConfig(packed_attention=True), SpeedConfig(unpadding=False)],
+                         ids=["default", "packed", "padded"])
+@pytest.mark.parametrize("ours_cls,hf_name,extra", HEADS, ids=[h[1] for h in HEADS])
+def test_hidden_states_attentions_and_tuples_match_transformers_for_every_head(tiny_config, ours_cls, hf_name, extra,
+                                                                             speed):
+    torch.manual_seed(0)
+    ours = ours_cls(tiny_config, speed=speed).eval()
+    # transformers' SDPA attention returns no maps: its eager attention is the one to compare with.
+    hf_config = transformers.BertConfig(**{k: v for k, v in tiny_config.to_dict().items()
+                                           if k not in ("id2label", "label2id", "onebert")}, attn_implementation="eager")
+    hf = _copy_into_hf(ours, getattr(transformers, hf_name)(hf_config))
+    batch = _batch(tiny_config)
+    real = batch["attention_mask"].bool()
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        a, b = ours(**batch, **extra, **flags), hf(**batch, **extra, **flags)
+        as_tuple = ours(**batch, **extra, **flags, return_dict=False)
+        hf_tuple = hf(**batch, **extra, **flags, return_dict=False)
+    assert len(a.hidden_states) == len(b.hidden_states) == tiny_config.num_hidden_layers + 1
+    assert len(a.attentions) == len(b.attentions) == tiny_config.num_hidden_layers
+    for ours_state, hf_state in zip(a.hidden_states, b.hidden_states):
+        assert ours_state.shape == hf_state.shape
+        torch.testing.assert_close(ours_state[real], hf_state[real], **TOL)
+    for ours_map, hf_map in zip(a.attentions, b.attentions):
+        assert ours_map.shape == hf_map.shape == (4, tiny_config.num_attention_heads, 16, 16)
+        # Rows of real queries; their pad-key columns are 0 in both.
+        torch.testing.assert_close(ours_map.transpose(1, 2)[real], hf_map.transpose(1, 2)[real], **TOL)
+    _hf_tuple_order_matches(as_tuple, hf_tuple)
+    assert all(x is not None for x in as_tuple)
+    torch.testing.assert_close(as_tuple[-2][-1], a.hidden_states[-1])
+
+
+@pytest.mark.parametrize("ours_cls,labels", [(BertForPreTraining, True), (BertForMaskedLM, True),
+                                             (BertForSequenceClassification, False)])
+def test_asking_for_hidden_states_turns_the_last_layer_subset_off_without_changing_results(tiny_config, ours_cls,
+                                                                                          labels):
+    torch.manual_seed(0)
+    model = ours_cls(tiny_config).eval()
+    batch = _batch(tiny_config)
+    extra = {}
+    if ours_cls is BertForSequenceClassification:
+        extra["labels"] = torch.tensor([0, 1, 1, 0])
+    else:
+        mlm = torch.full_like(batch["input_ids"], -100)
+        mlm[:, 1] = 7
+        extra["labels"] = mlm
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        plain = model(**batch, **extra)
+        traced = model(**batch, **extra, output_hidden_states=True)
+        reference = model.set_speed(SpeedConfig(unpadding=False, last_layer_subset=False))(
+            **batch, **extra, output_hidden_states=True)
+    torch.testing.assert_close(traced.loss, plain.loss, **TOL)
+    for fast, slow in zip(traced.hidden_states, reference.hidden_states):
+        torch.testing.assert_close(fast[real], slow[real], **TOL)
+    assert (traced.hidden_states[-1][~real] == 0).all(), "pad positions of the unpadded path are zeros"

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 def models(tmp_path_factory):
     """Randomly initialised heads saved as fine-tuned directories: deterministic outputs to compare."""
     from onebert.model.config import BertConfig
-    from onebert.predict import TaskSpec, load_tokenizer, model_class
+    from onebert.infer.predictor import TaskSpec, load_tokenizer, model_class
     from onebert.train.finetuning import save_model_dir
 
     root = tmp_path_factory.mktemp("pipeline")

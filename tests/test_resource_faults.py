@@ -194,7 +194,7 @@ def _raise_wrapped_os_error(args):
 
 @pytest.mark.parametrize("failure", ["plain", "wrapped"])
 def test_a_full_disk_anywhere_in_a_command_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, failure):
-    import onebert.commands.info as info
+    import onebert.cli.commands.info as info
 
     def plain(args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/metrics.jsonl")
@@ -205,7 +205,7 @@ def test_a_full_disk_anywhere_in_a_command_is_one_line_naming_the_file(tmp_path,
 
 
 def test_a_bug_is_not_disguised_as_an_environment_error(tmp_path, monkeypatch):
-    import onebert.commands.info as info
+    import onebert.cli.commands.info as info
 
     def bug(args):
         raise ValueError("a programming error")

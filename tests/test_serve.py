@@ -4,7 +4,7 @@
 built from BertForSequenceClassification and the Tokenizer, returning onebert.pipeline's output
 format, so the server is tested apart from the model code. The test that serves a model through
 the real pipeline is `test_predict_serves_the_real_pipeline_for_the_task_in_config`. /embed always
-runs through onebert.embeddings.
+runs through onebert.infer.embedder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ httpx = pytest.importorskip("httpx", reason="serving tests need httpx (pip insta
 pytest.importorskip("fastapi", reason="serving needs fastapi (pip install 'onebert[serve]')")
 pytest.importorskip("uvicorn", reason="serving needs uvicorn (pip install 'onebert[serve]')")
 
-from onebert.embeddings import Embedder  # noqa: E402
+from onebert.infer.embedder import Embedder  # noqa: E402
 from onebert.model import BertForSequenceClassification  # noqa: E402
 from onebert.serve.app import ServeSettings, create_app  # noqa: E402
 from onebert.serve.batching import DynamicBatcher, QueueFull  # noqa: E402
@@ -144,8 +144,8 @@ def test_predict_and_embed_equal_calling_the_model_directly(server, classifier_d
         assert have["score"] == pytest.approx(want["score"], abs=1e-5)
     embedder = Embedder(classifier_dir, device="cpu")
     assert (embedded["dimension"], embedded["pooling"], embedded["normalized"]) == (384, "mean", False)
-    np.testing.assert_allclose(embedded["embeddings"], embedder.encode(SENTENCES[:4]).embeddings, atol=1e-5)
-    np.testing.assert_allclose(cls["embeddings"], embedder.encode(SENTENCES[:2], pooling="cls").embeddings,
+    np.testing.assert_allclose(embedded["embeddings"], embedder.encode_result(SENTENCES[:4]).embeddings, atol=1e-5)
+    np.testing.assert_allclose(cls["embeddings"], embedder.encode_result(SENTENCES[:2], pooling="cls").embeddings,
                                atol=1e-5)
 
 
@@ -215,7 +215,7 @@ def test_concurrent_clients_are_batched_and_every_response_is_correct(server, cl
     """A small load test (the full one is benchmarks/bench_serve.py): 6 clients x 12 requests."""
     url, predictor = server
     embedder = Embedder(classifier_dir, device="cpu")
-    expected_embed = dict(zip(SENTENCES, embedder.encode(SENTENCES).embeddings))
+    expected_embed = dict(zip(SENTENCES, embedder.encode_result(SENTENCES).embeddings))
     expected_labels = {t: p["label"] for t, p in zip(SENTENCES, predictor(SENTENCES))}
     before = httpx.get(f"{url}/health").json()["batching"]
     latencies, errors = [], []

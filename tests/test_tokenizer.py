@@ -106,7 +106,7 @@ def assert_same_as_reference(ours: dict, theirs, with_words: bool = True) -> Non
 
 
 def encode_both(ours: Tokenizer, theirs, texts, pairs=None, **kwargs):
-    return (ours(texts, pairs, return_tensors=None, **kwargs),
+    return (ours(texts, pairs, return_tensors=None, return_offsets_mapping=True, return_word_ids=True, **kwargs),
             theirs(texts, pairs, return_offsets_mapping=True, **kwargs))
 
 
@@ -125,7 +125,8 @@ def test_mrpc_pairs_encode_exactly_as_transformers(minilm, reference, mrpc_pairs
         with pytest.raises(OneBertError, match=f"max_length={max_length}"):
             minilm(first, second, truncation=truncation, max_length=max_length, padding=padding)
         return
-    ours = minilm(first, second, truncation=truncation, max_length=max_length, padding=padding, return_tensors=None)
+    ours = minilm(first, second, truncation=truncation, max_length=max_length, padding=padding, return_tensors=None,
+                  return_offsets_mapping=True, return_word_ids=True)
     assert_same_as_reference(ours, expected)
 
 
@@ -150,7 +151,7 @@ def test_tensors_match_transformers_tensors(minilm, reference, mrpc_pairs):
     import torch
 
     first, second = mrpc_pairs
-    ours = minilm(first[:32], second[:32], max_length=48)
+    ours = minilm(first[:32], second[:32], max_length=48, return_offsets_mapping=True, return_word_ids=True)
     theirs = reference(first[:32], second[:32], max_length=48, truncation=True, padding=True,
                        return_offsets_mapping=True, return_tensors="pt")
     for key in ("input_ids", "token_type_ids", "attention_mask", "offset_mapping"):
@@ -158,6 +159,45 @@ def test_tensors_match_transformers_tensors(minilm, reference, mrpc_pairs):
         assert torch.equal(ours[key], theirs[key]), key
     assert ours["offset_mapping"].shape == (32, ours["input_ids"].shape[1], 2)
     assert ours["word_ids"][0].tolist() == [-1 if w is None else w for w in theirs.word_ids(0)]
+
+
+def test_default_return_holds_only_the_model_inputs_transformers_returns(minilm, reference, mrpc_pairs):
+    first, second = mrpc_pairs
+    ours = minilm(first[:8], second[:8], return_tensors="pt", padding=True)
+    theirs = reference(first[:8], second[:8], return_tensors="pt", padding=True)
+    assert sorted(ours) == sorted(theirs) == ["attention_mask", "input_ids", "token_type_ids"]
+
+
+# transformers' calling forms, each given to both tokenizers as is (return_tensors=None: lists to compare).
+CALLING_FORMS = [
+    dict(padding=True, truncation=True, max_length=24),
+    dict(padding="max_length", truncation=True, max_length=40),
+    dict(padding="longest"),
+    dict(padding=False),
+    dict(padding=True, return_offsets_mapping=True),
+    dict(padding=True, return_token_type_ids=False),
+    dict(padding=True, return_attention_mask=False),
+    dict(padding=True, return_token_type_ids=True, return_attention_mask=True, return_offsets_mapping=False),
+]
+
+
+@pytest.mark.parametrize("kwargs", CALLING_FORMS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("form", ["positional", "keywords"])
+def test_transformers_calling_forms_return_what_transformers_returns(minilm, reference, mrpc_pairs, kwargs, form):
+    first, second = mrpc_pairs[0][:16], mrpc_pairs[1][:16]
+    if form == "positional":
+        ours, theirs = minilm(first, second, return_tensors=None, **kwargs), reference(first, second, **kwargs)
+    else:
+        ours = minilm(text=first, text_pair=second, return_tensors=None, **kwargs)
+        theirs = reference(text=first, text_pair=second, **kwargs)
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert ours[key] == [[tuple(v) if isinstance(v, (list, tuple)) else v for v in row] for row in theirs[key]], key
+
+
+def test_text_given_twice_is_a_type_error(minilm):
+    with pytest.raises(TypeError, match="text_pairs and text_pair"):
+        minilm(["a"], ["b"], text_pair=["c"])
 
 
 def test_ragged_batch_cannot_become_tensors(minilm):
@@ -234,7 +274,8 @@ def test_qa_windows_match_transformers_overflowing_tokens(minilm, reference, squ
 def test_qa_windows_cover_every_context_token_with_stride_overlap(minilm, squad_examples):
     questions, contexts = squad_examples
     windows = minilm.encode_windows(questions[:8], contexts[:8], max_length=64, stride=16, return_tensors=None)
-    full = minilm(questions[:8], contexts[:8], truncation=False, padding=False, return_tensors=None)
+    full = minilm(questions[:8], contexts[:8], truncation=False, padding=False, return_tensors=None,
+                  return_offsets_mapping=True, return_word_ids=True)
     for example in range(8):
         context_spans = [
             [o for o, s in zip(offsets, sequence) if s == 1]

@@ -238,7 +238,7 @@ def _model_with_a_bigger_tokenizer(tmp_path: Path, minilm_dir: Path) -> Path:
 
 
 def test_a_tokenizer_larger_than_the_model_embeddings_is_refused_where_they_meet(tmp_path, minilm_dir):
-    from onebert.embeddings import embed
+    from onebert.infer.embedder import embed
     from onebert.tokenizer import Tokenizer
 
     directory = _model_with_a_bigger_tokenizer(tmp_path, minilm_dir)

@@ -37,6 +37,39 @@ def test_real_minilm_checkpoint_matches_transformers(minilm_dir, shared_data):
     assert (a.pooler_output - b.pooler_output).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("speed", [None, {"packed_attention": True}, {"unpadding": False}],
+                         ids=["default", "packed", "padded"])
+def test_real_minilm_hidden_states_and_attentions_match_transformers_for_the_same_tokenizer_call(minilm_dir,
+                                                                                                shared_data, speed):
+    from onebert.model.config import SpeedConfig
+    from onebert.tokenizer import Tokenizer
+
+    first, second = _mrpc_pairs(shared_data, count=12)
+    texts = first + second
+    # The same call on both tokenizers, each straight into its model.
+    theirs_batch = transformers.BertTokenizerFast.from_pretrained(minilm_dir)(texts, return_tensors="pt", padding=True)
+    ours_batch = Tokenizer.from_pretrained(minilm_dir)(texts, return_tensors="pt", padding=True)
+    ours = onebert.BertModel.from_pretrained(minilm_dir, speed=SpeedConfig(**speed) if speed else None).eval()
+    # Eager attention: transformers' SDPA path returns no attention maps.
+    theirs = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    real = theirs_batch["attention_mask"].bool()
+    assert real.sum(1).min() < real.sum(1).max(), "the batch must be differently padded"
+    with torch.no_grad():
+        b = theirs(**theirs_batch, output_hidden_states=True, output_attentions=True)
+        states = ours(**ours_batch, output_hidden_states=True)  # hidden states alone keep the fused attention
+        maps = ours(**ours_batch, output_attentions=True, return_dict=False)
+    assert (states.last_hidden_state[real] - b.last_hidden_state[real]).abs().max() <= 1e-5
+    assert len(states.hidden_states) == len(b.hidden_states) == 7
+    for a_state, b_state in zip(states.hidden_states, b.hidden_states):
+        assert (a_state[real] - b_state[real]).abs().max() <= 1e-5
+    last_hidden_state, pooler_output, attentions = maps
+    assert (pooler_output - b.pooler_output).abs().max() <= 1e-5
+    assert len(attentions) == len(b.attentions) == 6
+    for a_map, b_map in zip(attentions, b.attentions):
+        assert a_map.shape == b_map.shape
+        assert (a_map.transpose(1, 2)[real] - b_map.transpose(1, 2)[real]).abs().max() <= 1e-5
+
+
 def test_bare_encoder_checkpoint_loads_into_a_head_and_lists_new_weights(minilm_dir):
     model = BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=3)
     assert model.load_report.initialised == ["classifier.weight", "classifier.bias"]

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from onebert.data.text_input import lone_surrogate
+from onebert.text_input import lone_surrogate
 from onebert.errors import OneBertError
 
 logger = logging.getLogger(__name__)

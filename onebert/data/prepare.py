@@ -246,7 +246,9 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", dynamic_ncols=True)
+            # disable=None: a bar only when stderr is a terminal (not into a pipe or a log file)
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="prepare", dynamic_ncols=True,
+                            disable=None)
 
     def bytes(self, n: int) -> None:
         if self.bar is not None:

@@ -13,7 +13,7 @@ Inputs per task, and what comes back (one output per input, in the inputs' order
   model, a SQuAD v2.0 one, decides there is no answer).
 A single input (a string, a (text, pair) tuple, a QA dict) gives a single output.
 
-Inputs are batched and sorted by length (`onebert.predict.forward`, the code path of `onebert
+Inputs are batched and sorted by length (`onebert.infer.predictor.forward`, the code path of `onebert
 evaluate` and `onebert predict`), so a call with many inputs of mixed lengths computes little padding.
 """
 
@@ -23,7 +23,7 @@ import os
 from typing import Any, Sequence
 
 from onebert.errors import OneBertError
-from onebert.predict import Predictor
+from onebert.infer.predictor import Predictor
 
 
 class Pipeline:
@@ -50,7 +50,7 @@ class Pipeline:
 
 def _refuse_surrogates(i: int, item: Any) -> None:
     """A lone surrogate makes the tokenizer refuse the whole batch; name the input that holds it."""
-    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.text_input import describe_surrogate, lone_surrogate
 
     texts = item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else [item]
     for text in texts:

@@ -21,6 +21,7 @@ eagerly and the packed sizes are marked dynamic, so the graph is not retraced fo
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,7 +31,9 @@ from torch import nn
 
 from onebert.model.config import IGNORE_INDEX, BertConfig, SpeedConfig
 from onebert.model.ops import (ATTENTION_KERNELS, BertDropout, Encoded, PaddingInfo, allow_sparse_gradient,
-                               nonzero_index, pad, unpad, unpadding_for, word_embedding_lookup)
+                               eager_attention, nonzero_index, pad, unpad, unpadding_for, word_embedding_lookup)
+from onebert.model.weights import load_pretrained
+from onebert.model.weights import save_pretrained as save_weights
 
 
 @dataclass
@@ -51,12 +54,41 @@ class ModelOutput:
     # Question answering.
     start_logits: torch.Tensor | None = None
     end_logits: torch.Tensor | None = None
+    # output_hidden_states=True: the embeddings' output, then each layer's, each [B, S, H].
+    # output_attentions=True: each layer's attention probabilities, [B, heads, S, S].
+    # Values at padding positions (attention_mask 0) are not meaningful; on the unpadded path they are 0.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self, order: tuple[str, ...]) -> tuple[Any, ...]:
+        """The fields named in `order` that are set, in that order (transformers' return_dict=False)."""
+        return tuple(getattr(self, name) for name in order if getattr(self, name) is not None)
+
+
+# Keys a tokenizer returns for post-processing (token -> text / word), which are no model input.
+TOKENIZER_ONLY_KEYS = ("offset_mapping", "word_ids", "sequence_ids", "special_tokens_mask",
+                       "overflow_to_sample_mapping", "example_index", "length")
+
+
+@dataclass
+class Trace:
+    """What one forward call records besides its result: the per-layer hidden states and attention
+    maps that output_hidden_states / output_attentions ask for (None: not asked for)."""
+
+    hidden_states: list[torch.Tensor] | None = None
+    attentions: list[torch.Tensor] | None = None
+
+    @classmethod
+    def wanted(cls, output_hidden_states: bool | None, output_attentions: bool | None) -> "Trace | None":
+        if not output_hidden_states and not output_attentions:
+            return None
+        return cls([] if output_hidden_states else None, [] if output_attentions else None)
 
 
 def activation(name: str):
@@ -111,13 +143,18 @@ class BertSelfAttention(nn.Module):
         self.attend = ATTENTION_KERNELS[speed.attention]
 
     def forward(self, hidden: torch.Tensor, padding: PaddingInfo | None,
-                attention_mask: torch.Tensor | None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None, trace: Trace | None = None) -> torch.Tensor:
         # One GEMM for Q, K and V: the three weights are concatenated on the fly, which costs a
         # copy of 3*H*H values and saves two passes over the activations.
         weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(hidden, weight, bias)
         dropout = self.dropout if self.training and self.dropout.p > 0.0 else None
+        if trace is not None and trace.attentions is not None:
+            # The fused kernels never form the [B, heads, S, S] map: this call computes it in the open.
+            context, probs = eager_attention(qkv, padding, attention_mask, self.num_heads, dropout)
+            trace.attentions.append(probs)
+            return context
         return self.attend(qkv, padding, attention_mask, self.num_heads, dropout)
 
 
@@ -138,8 +175,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden, padding, attention_mask, rows=None):
-        context = self.self(hidden, padding, attention_mask)
+    def forward(self, hidden, padding, attention_mask, rows=None, trace=None):
+        context = self.self(hidden, padding, attention_mask, trace)
         if rows is not None:  # only these tokens' outputs are read: the rest of the layer skips the others
             context, hidden = context.index_select(0, rows), hidden.index_select(0, rows)
         return self.output(context, hidden)
@@ -173,8 +210,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden, padding, attention_mask, rows=None):
-        attended = self.attention(hidden, padding, attention_mask, rows)
+    def forward(self, hidden, padding, attention_mask, rows=None, trace=None):
+        attended = self.attention(hidden, padding, attention_mask, rows, trace)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -183,12 +220,17 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden, padding, attention_mask, last_layer_rows=None):
+    def forward(self, hidden, padding, attention_mask, last_layer_rows=None, trace: Trace | None = None):
         """`last_layer_rows`: packed tokens whose output the caller reads; the last layer's attention
-        output and feed-forward run on those only (MosaicML's subset trick: the MLM loss reads ~15%)."""
+        output and feed-forward run on those only (MosaicML's subset trick: the MLM loss reads ~15%).
+        `trace`: where to record each layer's input (and the attention maps), in the layout given."""
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
-            hidden = layer(hidden, padding, attention_mask, last_layer_rows if i == last else None)
+            if trace is not None and trace.hidden_states is not None:
+                trace.hidden_states.append(hidden)
+            hidden = layer(hidden, padding, attention_mask, last_layer_rows if i == last else None, trace)
+        if trace is not None and trace.hidden_states is not None:
+            trace.hidden_states.append(hidden)
         return hidden
 
 
@@ -257,6 +299,26 @@ class BertPreTrainedModel(nn.Module):
         self.init_weights()
         self.set_speed(speed)
 
+    # The ModelOutput fields that return_dict=False returns, in transformers' tuple order.
+    tuple_order: tuple[str, ...] = ("loss", "logits", "hidden_states", "attentions")
+
+    def _refuse_unexpected(self, unexpected: dict[str, Any]) -> None:
+        """A clear TypeError for a keyword forward() does not take, naming the ones it does."""
+        if not unexpected:
+            return
+        name = next(iter(unexpected))
+        accepted = [n for n, p in inspect.signature(self.forward).parameters.items() if p.kind is not p.VAR_KEYWORD]
+        hint = (" (a tokenizer output for mapping tokens back to text, not a model input: leave the tokenizer's "
+                "return_offsets_mapping / return_word_ids off, or remove it from the inputs)"
+                if name in TOKENIZER_ONLY_KEYS else "")
+        raise TypeError(f"{type(self).__name__}.forward() got an unexpected keyword argument '{name}'{hint}; "
+                        f"it accepts {', '.join(accepted)}")
+
+    def _returned(self, output: ModelOutput, encoded: Encoded, return_dict: bool | None):
+        """Attach what the trace recorded; the ModelOutput, or (return_dict=False) transformers' tuple."""
+        output.hidden_states, output.attentions = encoded.hidden_states, encoded.attentions
+        return output if return_dict is None or return_dict else output.to_tuple(self.tuple_order)
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         params = {id(p): p for p in self.parameters()}  # tied weights count once
         total = sum(p.numel() for p in params.values())
@@ -274,16 +336,12 @@ class BertPreTrainedModel(nn.Module):
         Head weights missing from the checkpoint are initialised and listed in
         `model.load_report`; anything else missing, unexpected or mis-shaped is an error.
         """
-        from onebert.model.weights import load_pretrained
-
         model = load_pretrained(cls, directory, config=config, ignore_mismatched_heads=ignore_mismatched_heads,
                                 **config_overrides)
         return model.set_speed(speed) if speed is not None else model
 
     def save_pretrained(self, directory) -> None:
-        from onebert.model.weights import save_pretrained
-
-        save_pretrained(self, directory)
+        save_weights(self, directory)
 
 
 # ----------------------------------------------------------------------------- BertModel
@@ -291,6 +349,8 @@ class BertPreTrainedModel(nn.Module):
 
 class BertModel(BertPreTrainedModel):
     """The bare encoder: embeddings, N post-LayerNorm Transformer layers, and the [CLS] pooler."""
+
+    tuple_order = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
@@ -303,13 +363,28 @@ class BertModel(BertPreTrainedModel):
             self.post_init(speed)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> Encoded:
+               token_type_ids: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+               trace: Trace | None = None) -> Encoded:
         """Run the encoder; with unpadding on, the result is packed (real tokens only).
 
         keep: optional [B, S] bool, the positions whose final hidden state the caller reads (masked
         tokens for the MLM loss, say); the [CLS] positions are always kept. The last layer's
-        token-wise part then runs on those tokens only. Ignored on the padded layout.
+        token-wise part then runs on those tokens only. Ignored on the padded layout, and when
+        `trace` asks for hidden states (they hold every position).
+        trace: record per-layer hidden states / attention maps into Encoded.hidden_states / .attentions.
         """
+        if trace is not None and trace.hidden_states is not None:
+            keep = None
+        encoded = self._encode(input_ids, attention_mask, token_type_ids, keep, trace)
+        if trace is not None:
+            layout = (lambda h: pad(h, encoded.padding)) if encoded.padding is not None else (lambda h: h)
+            if trace.hidden_states is not None:
+                encoded.hidden_states = tuple(layout(h) for h in trace.hidden_states)
+            if trace.attentions is not None:
+                encoded.attentions = tuple(trace.attentions)
+        return encoded
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, keep, trace) -> Encoded:
         batch, seq = input_ids.shape
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
@@ -319,18 +394,18 @@ class BertModel(BertPreTrainedModel):
         position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         padding = unpadding_for(attention_mask, batch, seq, input_ids.device) if self.speed.unpadding else None
         if padding is None:
-            return self._encode_padded(input_ids, attention_mask, token_type_ids, position_ids)
-        return self._encode_packed(input_ids, token_type_ids, position_ids, padding, keep)
+            return self._encode_padded(input_ids, attention_mask, token_type_ids, position_ids, trace)
+        return self._encode_packed(input_ids, token_type_ids, position_ids, padding, keep, trace)
 
-    def _encode_padded(self, input_ids, attention_mask, token_type_ids, position_ids) -> Encoded:
+    def _encode_padded(self, input_ids, attention_mask, token_type_ids, position_ids, trace) -> Encoded:
         sdpa_mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             sdpa_mask = attention_mask.bool()[:, None, None, :]
         hidden = self.embeddings(input_ids, token_type_ids, position_ids)
-        hidden = self.encoder(hidden, None, sdpa_mask)
+        hidden = self.encoder(hidden, None, sdpa_mask, trace=trace)
         return Encoded(hidden, None, hidden[:, 0])
 
-    def _encode_packed(self, input_ids, token_type_ids, position_ids, padding: PaddingInfo, keep) -> Encoded:
+    def _encode_packed(self, input_ids, token_type_ids, position_ids, padding: PaddingInfo, keep, trace) -> Encoded:
         hidden = self.embeddings(unpad(input_ids, padding), unpad(token_type_ids, padding),
                                  unpad(position_ids, padding))
         starts = padding.starts
@@ -340,15 +415,21 @@ class BertModel(BertPreTrainedModel):
             keep[:, 0] = True
             rows = nonzero_index(unpad(keep, padding))
             starts = torch.searchsorted(rows, starts)  # where each [CLS] lands among the kept rows
-        hidden = self.encoder(hidden, padding, padding.attention_mask, rows)
+        hidden = self.encoder(hidden, padding, padding.attention_mask, rows, trace)
         return Encoded(hidden, padding, hidden.index_select(0, starts), rows)
 
     def pool(self, encoded: Encoded) -> torch.Tensor | None:
         return self.pooler(encoded.first_token) if self.pooler is not None else None
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> ModelOutput:
-        encoded = self.encode(input_ids, attention_mask, token_type_ids)
-        return ModelOutput(last_hidden_state=encoded.padded(), pooler_output=self.pool(encoded))
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **unexpected):
+        """As transformers' BertModel: a ModelOutput (or, return_dict=False, a tuple); unknown keywords
+        are a TypeError naming them. Every head's forward takes the same three keywords."""
+        self._refuse_unexpected(unexpected)
+        encoded = self.encode(input_ids, attention_mask, token_type_ids,
+                              trace=Trace.wanted(output_hidden_states, output_attentions))
+        output = ModelOutput(last_hidden_state=encoded.padded(), pooler_output=self.pool(encoded))
+        return self._returned(output, encoded, return_dict)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -409,10 +490,10 @@ class _MaskedLMMixin:
     def tie_weights(self) -> None:
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
-    def _encode_for_masked_lm(self, input_ids, attention_mask, token_type_ids, labels) -> Encoded:
+    def _encode_for_masked_lm(self, input_ids, attention_mask, token_type_ids, labels, trace) -> Encoded:
         # With labels only the labelled positions (and [CLS]) need the last layer's output.
         keep = labels != IGNORE_INDEX if labels is not None and self.speed.last_layer_subset else None
-        return self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep)
+        return self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep, trace=trace)
 
     def _masked_lm(self, encoded: Encoded, labels: torch.Tensor | None, normalizer, output: ModelOutput):
         head = self.cls.predictions
@@ -431,7 +512,13 @@ class _MaskedLMMixin:
 
 
 class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
-    """Masked LM + next-sentence prediction; loss = MLM cross-entropy + NSP cross-entropy."""
+    """Masked LM + next-sentence prediction; loss = MLM cross-entropy + NSP cross-entropy.
+
+    With labels the decoder runs at the labelled positions only (masked_logits), so prediction_logits,
+    and with it the tuple's second item, is there only without labels.
+    """
+
+    tuple_order = ("loss", "prediction_logits", "seq_relationship_logits", "hidden_states", "attentions")
 
     def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
@@ -441,8 +528,11 @@ class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
         self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                next_sentence_label=None, mlm_normalizer=None, nsp_normalizer=None) -> ModelOutput:
-        encoded = self._encode_for_masked_lm(input_ids, attention_mask, token_type_ids, labels)
+                next_sentence_label=None, mlm_normalizer=None, nsp_normalizer=None, *, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **unexpected):
+        self._refuse_unexpected(unexpected)
+        encoded = self._encode_for_masked_lm(input_ids, attention_mask, token_type_ids, labels,
+                                             Trace.wanted(output_hidden_states, output_attentions))
         pooled = self.bert.pool(encoded)
         output = ModelOutput(pooler_output=pooled, seq_relationship_logits=self.cls.seq_relationship(pooled))
         mlm_loss = self._masked_lm(encoded, labels, mlm_normalizer, output)
@@ -452,7 +542,7 @@ class BertForPreTraining(_MaskedLMMixin, BertPreTrainedModel):
             output.nsp_loss = _mean_or_normalised(nsp_sum, next_sentence_label.numel(), nsp_normalizer)
         if mlm_loss is not None and output.nsp_loss is not None:
             output.loss = mlm_loss + output.nsp_loss
-        return output
+        return self._returned(output, encoded, return_dict)
 
 
 class BertForMaskedLM(_MaskedLMMixin, BertPreTrainedModel):
@@ -464,13 +554,17 @@ class BertForMaskedLM(_MaskedLMMixin, BertPreTrainedModel):
         self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                mlm_normalizer=None) -> ModelOutput:
-        encoded = self._encode_for_masked_lm(input_ids, attention_mask, token_type_ids, labels)
+                mlm_normalizer=None, *, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **unexpected):
+        """logits [B, S, V] without labels; with labels masked_logits at the labelled positions only."""
+        self._refuse_unexpected(unexpected)
+        encoded = self._encode_for_masked_lm(input_ids, attention_mask, token_type_ids, labels,
+                                             Trace.wanted(output_hidden_states, output_attentions))
         output = ModelOutput()
         output.loss = self._masked_lm(encoded, labels, mlm_normalizer, output)
         if output.prediction_logits is not None:
             output.logits = output.prediction_logits
-        return output
+        return self._returned(output, encoded, return_dict)
 
 
 def _classifier_dropout(config: BertConfig) -> float:
@@ -489,25 +583,24 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init(speed)
 
-    @property
-    def is_regression(self) -> bool:
-        return self.config.problem_type == "regression" or (self.num_labels == 1 and self.config.problem_type is None)
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, *, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **unexpected):
+        self._refuse_unexpected(unexpected)
         # Only [CLS] is read after the last layer (encode always keeps it).
         keep = torch.zeros_like(input_ids, dtype=torch.bool) if self.speed.last_layer_subset else None
-        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep)
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids, keep=keep,
+                                   trace=Trace.wanted(output_hidden_states, output_attentions))
         pooled = self.bert.pool(encoded)
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
-            if self.is_regression:
+            if self.config.is_regression:
                 loss = F.mse_loss(logits.float().view(-1), labels.float().view(-1))
             elif self.config.problem_type == "multi_label_classification":
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
                 loss = F.cross_entropy(logits.float(), labels.view(-1))
-        return ModelOutput(loss=loss, logits=logits, pooler_output=pooled)
+        return self._returned(ModelOutput(loss=loss, logits=logits, pooler_output=pooled), encoded, return_dict)
 
 
 class BertForTokenClassification(BertPreTrainedModel):
@@ -520,19 +613,24 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init(speed)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
-        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, *, output_attentions=None,
+                output_hidden_states=None, return_dict=None, **unexpected):
+        self._refuse_unexpected(unexpected)
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids,
+                                   trace=Trace.wanted(output_hidden_states, output_attentions))
         flat_logits = self.classifier(self.dropout(encoded.hidden))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(flat_logits.float().reshape(-1, self.num_labels), encoded.select(labels).view(-1),
                                    ignore_index=IGNORE_INDEX)
         logits = pad(flat_logits, encoded.padding) if encoded.padding is not None else flat_logits
-        return ModelOutput(loss=loss, logits=logits)
+        return self._returned(ModelOutput(loss=loss, logits=logits), encoded, return_dict)
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
     """Start/end logits over the tokens. Pad positions get -inf-like logits so they never win or enter the loss."""
+
+    tuple_order = ("loss", "start_logits", "end_logits", "hidden_states", "attentions")
 
     def __init__(self, config: BertConfig, speed: SpeedConfig = SpeedConfig()):
         super().__init__()
@@ -545,8 +643,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.post_init(speed)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, start_positions=None,
-                end_positions=None) -> ModelOutput:
-        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids)
+                end_positions=None, *, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **unexpected):
+        self._refuse_unexpected(unexpected)
+        encoded = self.bert.encode(input_ids, attention_mask, token_type_ids,
+                                   trace=Trace.wanted(output_hidden_states, output_attentions))
         logits = self.qa_outputs(encoded.hidden)
         if encoded.padding is not None:
             logits = pad(logits, encoded.padding)
@@ -561,7 +662,8 @@ class BertForQuestionAnswering(BertPreTrainedModel):
             end = end_positions.view(-1).clamp(0, seq)
             loss = (F.cross_entropy(start_logits, start, ignore_index=seq)
                     + F.cross_entropy(end_logits, end, ignore_index=seq)) / 2
-        return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+        output = ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+        return self._returned(output, encoded, return_dict)
 
 
 MODEL_CLASSES: dict[str, type[BertPreTrainedModel]] = {

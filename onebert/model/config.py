@@ -146,6 +146,15 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def is_regression(self) -> bool:
+        """A sequence-classification head that regresses (MSE on one output) instead of classifying.
+
+        transformers' rule: problem_type "regression", or one output and no problem_type. One
+        property, so every reader of the config (the head's loss, the task registry) agrees.
+        """
+        return self.problem_type == "regression" or (self.num_labels == 1 and self.problem_type is None)
+
+    @property
     def label2id(self) -> dict[str, int]:
         return {name: i for i, name in (self.id2label or {}).items()}
 

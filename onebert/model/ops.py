@@ -118,6 +118,10 @@ class Encoded:
     padding: PaddingInfo | None
     first_token: torch.Tensor  # [B, H], the [CLS] states
     rows: torch.Tensor | None = None  # when set, `hidden` holds only these packed tokens (`keep`)
+    # With output_hidden_states / output_attentions: [B, S, H] per layer (embeddings first) and
+    # [B, heads, S, S] per layer, as transformers returns them; None when not asked for.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
     def padded(self) -> torch.Tensor:
         if self.rows is not None:
@@ -178,6 +182,31 @@ def sdpa_attention(qkv: torch.Tensor, padding: PaddingInfo | None, attention_mas
                                              dropout_p=dropout.p if dropout is not None else 0.0)
     context = context.transpose(1, 2).reshape(batch, seq, width // 3)
     return unpad(context, padding) if padding is not None else context
+
+
+def eager_attention(qkv: torch.Tensor, padding: PaddingInfo | None, attention_mask: torch.Tensor | None,
+                    num_heads: int, dropout: nn.Dropout | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention written out, for `output_attentions`: (context, probabilities [B, heads, S, S]).
+
+    The fused kernels (SDPA, `packed_attention`) never materialise a [B, heads, S, S] map in the
+    padded layout, so a call that asks for the maps runs this one instead, in every layer, in either
+    layout (packed tokens are padded for it and the context unpadded again, so the rest of the
+    layer is unchanged). As transformers' eager attention: masked keys get probability 0, and the
+    probabilities returned are those the values were weighted with (after dropout, in training).
+    Rows of pad queries are not meaningful (on the packed layout their query is zero: uniform rows).
+    """
+    if padding is not None:
+        qkv = pad(qkv, padding)
+    batch, seq, width = qkv.shape
+    q, k, v = qkv.view(batch, seq, 3, num_heads, width // (3 * num_heads)).permute(2, 0, 3, 1, 4)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1)
+    if dropout is not None:
+        probs = dropout(probs)
+    context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, width // 3)
+    return (unpad(context, padding) if padding is not None else context), probs
 
 
 def packed_or_sdpa_attention(qkv: torch.Tensor, padding: PaddingInfo | None, attention_mask: torch.Tensor | None,

@@ -16,16 +16,13 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import torch
 
 from onebert.model.config import CONFIG_NAME, BertConfig
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_write_with
-
-if TYPE_CHECKING:
-    from onebert.model import BertPreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +54,19 @@ class LoadReport:
         if self.unused:
             parts.append(f"not used by this model: {_compact(self.unused)}")
         return "; ".join(parts)
+
+
+class PretrainedModel(Protocol):
+    """What loading and saving need of a model: described here rather than imported from
+    `onebert.model.bert`, so the dependency runs one way (bert imports weights, never back)."""
+
+    config: BertConfig
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any: ...
+
+    def tie_weights(self) -> None: ...
 
 
 def _compact(keys: list[str]) -> str:
@@ -163,9 +173,10 @@ def _with_model_prefix(keys: dict[str, torch.Tensor], model_keys: set[str]) -> d
     return out
 
 
-def load_pretrained(cls: type["BertPreTrainedModel"], directory: str | os.PathLike,
+def load_pretrained(cls: Callable[[BertConfig], PretrainedModel], directory: str | os.PathLike,
                     config: BertConfig | None = None, ignore_mismatched_heads: bool = False,
-                    **config_overrides: Any) -> "BertPreTrainedModel":
+                    **config_overrides: Any) -> PretrainedModel:
+    """Build `cls(config)` from a directory's config.json (or `config`) and load its weights."""
     directory = Path(directory)
     if not directory.is_dir():
         raise OneBertError(f"{directory}: no such model directory")
@@ -203,7 +214,7 @@ def _check_embedding_sizes(config: BertConfig, state: dict[str, torch.Tensor], s
                                        f"{getattr(config, name)} and hidden_size={config.hidden_size}")
 
 
-def load_state_dict_checked(model: "BertPreTrainedModel", raw_state: dict[str, torch.Tensor], source: Path | str,
+def load_state_dict_checked(model: PretrainedModel, raw_state: dict[str, torch.Tensor], source: Path | str,
                             ignore_mismatched_heads: bool = False) -> LoadReport:
     """Copy tensors into `model`, failing by name on anything outside the allowed exceptions."""
     own = model.state_dict()
@@ -251,7 +262,7 @@ def load_state_dict_checked(model: "BertPreTrainedModel", raw_state: dict[str, t
     return report
 
 
-def save_pretrained(model: "BertPreTrainedModel", directory: str | os.PathLike) -> None:
+def save_pretrained(model: PretrainedModel, directory: str | os.PathLike) -> None:
     """config.json + model.safetensors in transformers' layout, each written atomically.
 
     The tied decoder weight is left out as transformers does; transformers re-ties it on load.

@@ -289,10 +289,10 @@ def create_app(model_dir: str | os.PathLike, settings: ServeSettings | None = No
 
     predictor: `predictor(inputs) -> outputs` in onebert.infer.pipeline's format; default: the pipeline
     for the task in config.json (`onebert.task`). task: the predictor's task when it is given
-    (default: its `.task`, else config.json's). embedder: an `onebert.embeddings.Embedder`
+    (default: its `.task`, else config.json's). embedder: an `onebert.infer.embedder.Embedder`
     (default: one for this directory; it shares the predictor's encoder when it exposes `.model`).
     """
-    from onebert.embeddings import Embedder, checkpoint_settings
+    from onebert.infer.embedder import Embedder, checkpoint_settings
     from onebert.model import BertPreTrainedModel
     from onebert.tokenizer import Tokenizer
 
@@ -339,8 +339,8 @@ def create_app(model_dir: str | os.PathLike, settings: ServeSettings | None = No
         for i, (_, pooling, normalize) in enumerate(items):
             groups.setdefault((pooling, normalize), []).append(i)
         for (pooling, normalize), rows in groups.items():
-            result = embedder.encode([items[i][0] for i in rows], batch_size=settings.max_batch_size,
-                                     pooling=pooling, normalize=normalize)
+            result = embedder.encode_result([items[i][0] for i in rows], batch_size=settings.max_batch_size,
+                                            pooling=pooling, normalize=normalize)
             for i, vector in zip(rows, result.embeddings):
                 vectors[i] = vector.tolist()
         return vectors

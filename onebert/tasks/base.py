@@ -1,6 +1,6 @@
 """The `Task` interface: everything that differs between fine-tuning tasks, behind one object.
 
-The commands, the training loop, `onebert.predict`, the pipeline and the server never ask which task
+The commands, the training loop, `onebert.infer.predictor`, the pipeline and the server never ask which task
 they run; they call the spec's Task (`task_of(spec)`), one class per file in this package
 (classification, regression, ner, qa), registered by name in `onebert.tasks.TASKS`.
 
@@ -28,12 +28,16 @@ class Task:
     default_max_seq_length: ClassVar[int] = 128
     metrics: ClassVar[tuple[str, ...]]  # the ones that may select the best model; the first is the default
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    # Endings of the metric names this task reports in percent 0-100 (SQuAD's, as its official script);
+    # every other score is a fraction 0-1 (onebert.train.metrics_log states the convention).
+    percent_metrics: ClassVar[tuple[str, ...]] = ()
     # Length grouping (see onebert.train.finetuning): global batches per length-sorted mega-batch; 1 is
     # plain random batches. Each task says why it picks its value.
     group_size: ClassVar[int] = 50
     example_unit: ClassVar[str] = "examples"  # what the training lines count
     options: ClassVar[tuple[str, ...]] = ()  # the task-specific `onebert finetune` options it accepts
     input_formats: ClassVar[tuple[str, ...]] = ()  # `onebert predict --format` values (first: the fallback)
+    data_formats: ClassVar[tuple[str, ...]] = ()  # the labelled-data formats `read` takes (`--format` of finetune)
     serve_request: ClassVar[str] = "texts"  # the /predict body shape, a key of onebert.serve.app's routes
     plots: ClassVar[bool] = False  # `onebert evaluate --plots` draws this task's results
 
@@ -86,8 +90,9 @@ class Task:
         (Fields, not a TaskSpec: the spec imports the registry, which imports the tasks.)"""
         raise NotImplementedError
 
-    def read(self, path: str | Path, columns: dict[str, str] | None = None) -> list[Any]:
-        """Labelled examples from a file in the task's format."""
+    def read(self, path: str | Path, columns: dict[str, str] | None = None, options=None) -> list[Any]:
+        """Labelled examples from a file (or saved dataset) in one of `data_formats`; `options` is a
+        readers.ReadOptions (the format, label names, the split of a DatasetDict)."""
         raise NotImplementedError
 
     def features(self, tokenizer, examples: Sequence[Any], with_labels: bool) -> Features:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from onebert.errors import OneBertError
 from onebert.tasks.readers import TextExample, label_ids, regression_targets
 from onebert.tasks.base import Task, kind_of, text_lines
 from onebert.tasks.features import Features, logit_rows, to_numpy
@@ -112,7 +113,8 @@ class ClassificationTask(Task):
     # weigh short sentences more (unlike NER's per-token mean; see NerTask).
     group_size = 50
     options = ("text_column", "text_pair_column", "label_column", "regression")
-    input_formats = ("text", "tsv", "csv", "jsonl")
+    input_formats = ("text", "tsv", "csv", "jsonl", "json", "parquet", "datasets")
+    data_formats = ("tsv", "csv", "jsonl", "json", "parquet", "datasets")
     serve_request = "texts_or_pairs"
     plots = True
     regression = False
@@ -147,10 +149,24 @@ class ClassificationTask(Task):
             label_ids(validation_examples, labels)
         return dict(labels=labels, max_seq_length=max_seq_length, columns=columns_option(args))
 
-    def read(self, path, columns=None) -> list[TextExample]:
-        from onebert.tasks.readers import read_classification
+    def read(self, path, columns=None, options=None) -> list[TextExample]:
+        return self.read_examples(path, columns, options, labelled=True)
 
-        return read_classification(path, **(columns or {}))
+    def read_examples(self, path, columns, options, labelled: bool) -> list[TextExample]:
+        from onebert.tasks.readers import ReadOptions, read_classification
+        from onebert.tasks.records import check_format, classification_records, record_format
+
+        options = options or ReadOptions()
+        check_format(self.name, options.file_format, self.data_formats)
+        fmt = record_format(path, options.file_format)
+        if fmt is not None:
+            return classification_records(path, fmt, options, columns, labelled=labelled)
+        if not labelled:
+            columns = {k: v for k, v in (columns or {}).items() if k != "label_column"}
+        if options.label_names is not None:
+            raise OneBertError(f"--label-names names the integer labels of Parquet, JSON-array and datasets "
+                               f"files; {path} is a {options.file_format or Path(path).suffix or 'table'} file")
+        return read_classification(path, file_format=options.file_format, labelled=labelled, **(columns or {}))
 
     def features(self, tokenizer, examples, with_labels: bool) -> Features:
         return classification_features(tokenizer, examples, max_seq_length=self.spec.max_seq_length,
@@ -183,7 +199,11 @@ class ClassificationTask(Task):
                 "scores": dict(zip(self.spec.labels, prediction.probabilities))}
 
     def guess_format(self, path: Path, stdin: bool) -> str:
+        from onebert.tasks.records import record_format
+
         suffix = path.suffix.lower()
+        if not stdin and record_format(path) is not None:
+            return record_format(path)  # type: ignore[return-value]
         if stdin or suffix in (".txt", ".text", ""):
             return "text"
         return {".tsv": "tsv", ".tab": "tsv", ".csv": "csv"}.get(suffix, "jsonl")
@@ -192,10 +212,11 @@ class ClassificationTask(Task):
         if fmt == "text":
             examples = [TextExample(text=line, source=f"{path}: line {n}") for n, line in enumerate(text_lines(path), 1)]
         else:
-            from onebert.tasks.readers import read_classification
+            from onebert.tasks.readers import ReadOptions
+            from onebert.tasks.records import DEFAULT_SPLITS
 
-            chosen = {k: v for k, v in columns.items() if k != "label_column"}
-            examples = read_classification(path, file_format=fmt, labelled=False, **chosen)
+            examples = self.read_examples(path, columns, ReadOptions(file_format=fmt, split=DEFAULT_SPLITS["input"]),
+                                          labelled=False)
         return [self.record(p) for p in predict(examples)]
 
     def is_single_input(self, inputs) -> bool:
@@ -217,7 +238,7 @@ class ClassificationTask(Task):
 def is_regression_config(config) -> bool:
     """transformers' rule for a sequence-classification head: problem_type "regression", or one output
     and no problem_type (so models saved as task "classification" with problem_type "regression" too)."""
-    return config.problem_type == "regression" or (config.num_labels == 1 and config.problem_type is None)
+    return config.is_regression
 
 
 def columns_option(args) -> dict[str, str]:

@@ -227,6 +227,16 @@ def joined_words(words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     return " ".join(words), spans
 
 
+def _predict_texts_with_words(predict, examples: Sequence[NerExample]) -> list[NerPrediction | None]:
+    """One prediction per example, None for a text without words (empty, only spaces): it has no
+    entities and needs no model call. Shared by `onebert predict` and the pipeline."""
+    filled = [i for i, example in enumerate(examples) if example.words]
+    predictions: list[NerPrediction | None] = [None] * len(examples)
+    for i, prediction in zip(filled, predict([examples[i] for i in filled])):
+        predictions[i] = prediction
+    return predictions
+
+
 def entity_records(prediction: NerPrediction, words: Sequence[str], text: str,
                    spans: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
     """Entities with character offsets into `text`; spans[i] = (start, end) of word i in it."""
@@ -249,7 +259,8 @@ class NerTask(Task):
     # see BENCHMARKS.md). Its batches are random (a mega-batch of one batch).
     group_size = 1
     example_unit = "sentences"
-    input_formats = ("text", "conll")
+    input_formats = ("text", "conll", "jsonl", "json", "parquet", "datasets")
+    data_formats = ("conll", "jsonl", "json", "parquet", "datasets")
     plots = True
 
     def describe(self) -> str:
@@ -265,10 +276,24 @@ class NerTask(Task):
                 "cannot predict them")
         return dict(labels=tags, max_seq_length=max_seq_length)
 
-    def read(self, path, columns=None) -> list[NerExample]:
-        from onebert.tasks.readers import read_conll
+    def read(self, path, columns=None, options=None) -> list[NerExample]:
+        return self.read_examples(path, options, labelled=True)
 
-        return read_conll(path)
+    def read_examples(self, path, options, labelled: bool) -> list[NerExample]:
+        """CoNLL, or records with `tokens` and `ner_tags` (JSON lines, a JSON array, Parquet, a saved dataset)."""
+        from onebert.tasks.readers import ReadOptions, read_conll
+        from onebert.tasks.records import check_format, is_json_lines, ner_records, record_format
+
+        options = options or ReadOptions()
+        check_format(self.name, options.file_format, self.data_formats)
+        fmt = record_format(path, options.file_format) or ("jsonl" if is_json_lines(path, options.file_format)
+                                                           else None)
+        if fmt is not None:
+            return ner_records(path, fmt, options, labelled=labelled)
+        if options.label_names is not None:
+            raise OneBertError(f"--label-names names the integer ner_tags of record files; {path} is CoNLL, "
+                               "whose tags are written out")
+        return read_conll(path, labelled=labelled)
 
     def features(self, tokenizer, examples, with_labels: bool) -> NerFeatures:
         return ner_features(tokenizer, examples, max_seq_length=self.spec.max_seq_length, tag_list=self.spec.labels,
@@ -298,15 +323,21 @@ class NerTask(Task):
         return evaluate_ner(predictions, examples)
 
     def guess_format(self, path: Path, stdin: bool) -> str:
+        from onebert.tasks.records import is_json_lines, record_format
+
+        if not stdin and (record_format(path) or is_json_lines(path, None)):
+            return record_format(path) or "jsonl"
         if path.suffix.lower() in (".conll", ".iob", ".iob2", ".bio", ".conllu"):
             return "conll"
         return "conll" if looks_like_conll(path) else "text"
 
     def predict_records(self, predict, path, fmt, columns) -> list[dict[str, Any]]:
-        from onebert.tasks.readers import read_conll
+        from onebert.tasks.readers import ReadOptions
+        from onebert.tasks.records import DEFAULT_SPLITS
 
-        if fmt == "conll":
-            examples = read_conll(path, labelled=False)
+        if fmt != "text":
+            examples = self.read_examples(path, ReadOptions(file_format=fmt, split=DEFAULT_SPLITS["input"]),
+                                          labelled=False)
             texts = [joined_words(e.words) for e in examples]
         else:
             texts, examples = [], []
@@ -314,11 +345,9 @@ class NerTask(Task):
                 words, spans = split_words(line)
                 texts.append((line, spans))
                 examples.append(NerExample(words=words, source=f"{path}: line {n}"))
-        filled = [i for i, e in enumerate(examples) if e.words]
-        predictions = dict(zip(filled, predict([examples[i] for i in filled])))
+        predictions = _predict_texts_with_words(predict, examples)
         records = []
-        for i, (example, (text, spans)) in enumerate(zip(examples, texts)):
-            prediction = predictions.get(i)
+        for example, prediction, (text, spans) in zip(examples, predictions, texts):
             records.append({"text": text, "words": example.words, "tags": prediction.tags if prediction else [],
                             "entities": entity_records(prediction, example.words, text, spans) if prediction else []})
         return records
@@ -330,10 +359,6 @@ class NerTask(Task):
                 raise OneBertError(f"input {i}: expected a text, got {kind_of(item)}")
             split.append(split_words(item))
         examples = [NerExample(words=words, source=f"input {i}") for i, (words, _) in enumerate(split)]
-        # A text without words (empty, only spaces) has no entities and needs no model call.
-        filled = [i for i, example in enumerate(examples) if example.words]
-        outputs: list[list[dict[str, Any]]] = [[] for _ in items]
-        for i, prediction in zip(filled, predict([examples[i] for i in filled])):
-            words, spans = split[i]
-            outputs[i] = entity_records(prediction, words, items[i], spans)
-        return outputs
+        predictions = _predict_texts_with_words(predict, examples)
+        return [entity_records(prediction, words, item, spans) if prediction else []
+                for prediction, (words, spans), item in zip(predictions, split, items)]

@@ -256,11 +256,14 @@ def read_questions(path: Path, fmt: str) -> list[QAExample]:
     """SQuAD JSON (answers optional), or JSON lines of {"question", "context"[, "id"]}."""
     import json
 
-    from onebert.data.text_input import refuse_lone_surrogates
-    from onebert.tasks.readers import read_squad, read_text_file
+    from onebert.text_input import refuse_lone_surrogates
+    from onebert.tasks.readers import ReadOptions, read_squad, read_text_file
+    from onebert.tasks.records import DEFAULT_SPLITS, RECORD_FORMATS, qa_records
 
     if fmt == "squad":
         return read_squad(path, labelled=False)
+    if fmt in RECORD_FORMATS:
+        return qa_records(path, fmt, ReadOptions(split=DEFAULT_SPLITS["input"]), labelled=False)
     examples = []
     seen: dict[str, int] = {}
     for number, line in enumerate(read_text_file(path).split("\n"), 1):
@@ -298,13 +301,15 @@ class QATask(Task):
     model_class_name = "BertForQuestionAnswering"
     default_max_seq_length = 384
     metrics = ("f1", "exact_match")
+    percent_metrics = ("exact_match", "exact", "f1")  # also HasAns_/NoAns_/best_ forms: the official script's 0-100
     # No length grouping: every question on one paragraph has about the same length, so length-grouped
     # batches are one paragraph's questions, correlated gradients (1.6 F1 on SQuAD v1.1; see BENCHMARKS.md).
     # Its batches are random (a mega-batch of one batch).
     group_size = 1
     example_unit = "questions"
     options = ("doc_stride", "max_query_length", "max_answer_length", "n_best_size", "version_2_with_negative")
-    input_formats = ("squad", "jsonl")
+    input_formats = ("squad", "jsonl", "json", "parquet", "datasets")
+    data_formats = ("squad", "jsonl", "json", "parquet", "datasets")
     serve_request = "questions"
 
     @classmethod
@@ -337,10 +342,18 @@ class QATask(Task):
                         max_query_length=args.max_query_length, version_2=version_2,
                         n_best_size=args.n_best_size, max_answer_length=args.max_answer_length)
 
-    def read(self, path, columns=None) -> list[QAExample]:
-        from onebert.tasks.readers import read_squad
+    def read(self, path, columns=None, options=None) -> list[QAExample]:
+        """SQuAD JSON, or records with SQuAD's columns (JSON lines, a JSON array, Parquet, a saved dataset)."""
+        from onebert.tasks.readers import ReadOptions, read_squad
+        from onebert.tasks.records import check_format, is_json_lines, qa_records, record_format
 
-        return read_squad(path)
+        options = options or ReadOptions()
+        check_format(self.name, options.file_format, self.data_formats)
+        fmt = record_format(path, options.file_format) or ("jsonl" if is_json_lines(path, options.file_format)
+                                                           else None)
+        if options.label_names is not None:
+            raise OneBertError("--label-names applies to classification and ner data only")
+        return qa_records(path, fmt, options) if fmt is not None else read_squad(path)
 
     def features(self, tokenizer, examples, with_labels: bool) -> QAFeatures:
         spec = self.spec
@@ -364,7 +377,10 @@ class QATask(Task):
         return evaluate_qa(predictions, examples, version_2=True if self.spec.version_2 else None)
 
     def guess_format(self, path: Path, stdin: bool) -> str:
-        return "squad" if path.suffix.lower() == ".json" else "jsonl"
+        from onebert.tasks.records import record_format
+
+        found = None if stdin else record_format(path)
+        return found or ("squad" if path.suffix.lower() == ".json" else "jsonl")
 
     def predict_records(self, predict, path, fmt, columns) -> list[dict[str, Any]]:
         return [{"id": p.id, **answer_record(p)} for p in predict(read_questions(path, fmt))]

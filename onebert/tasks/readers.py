@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from onebert.data.text_input import check_input_file, check_label, refuse_lone_surrogates
+from onebert.text_input import check_input_file, check_label, refuse_lone_surrogates
 from onebert.errors import OneBertError
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,20 @@ class QAExample:
     @property
     def answer_texts(self) -> list[str]:
         return [answer.text for answer in self.answers]
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a data file besides its columns: `--format`, `--label-names`, the split of a DatasetDict.
+
+    file_format None: told by the path (see onebert.tasks.records.record_format). label_names: the names of
+    integer label ids, in id order, for files without datasets' ClassLabel names. split None: a DatasetDict
+    directory must then have one split.
+    """
+
+    file_format: str | None = None
+    label_names: tuple[str, ...] | None = None
+    split: str | None = None
 
 
 # ---------------------------------------------------------------------- files
@@ -364,8 +378,7 @@ def _columns_by_index(path: Path, line: int, width: int, text_column: Column, te
 
 def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Column, label_column: Column,
                 labelled: bool) -> list[TextExample]:
-    examples = []
-    names: tuple[str, str | None, str | None] | None = None
+    records = []
     for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
@@ -378,34 +391,60 @@ def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Co
         if not isinstance(record, dict):
             raise OneBertError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}")
         refuse_lone_surrogates(record, f"{path}: line {number}", line)
+        records.append((f"{path}: line {number}", record))
+    if not records:
+        raise OneBertError(f"{path}: the file is empty")
+    return examples_from_records(records, text_column, text_pair_column, label_column, labelled)
+
+
+def examples_from_records(records: Sequence[tuple[str, dict[str, Any]]], text_column: Column = None,
+                          text_pair_column: Column = None, label_column: Column = None, labelled: bool = True,
+                          label_names: Sequence[str] | None = None) -> list[TextExample]:
+    """Classification examples from (where, record) pairs: JSON lines, JSON arrays, Parquet and datasets rows.
+
+    The fields are found in the first record (as a header). `label_names` names integer labels by id
+    (datasets' ClassLabel); without it an integer label stays its number, as in a TSV file.
+    """
+    examples = []
+    names: tuple[str, str | None, str | None] | None = None
+    for where, record in records:
         if names is None:
-            names = _jsonl_names(path, number, record, text_column, text_pair_column, label_column, labelled)
+            names = _jsonl_names(where, record, text_column, text_pair_column, label_column, labelled)
         text_key, pair_key, label_key = names
         values = []
         for key, role, required in ((text_key, "text", True), (pair_key, "text pair", pair_key is not None),
                                     (label_key, "label", labelled and label_key is not None)):
             value = record.get(key) if key is not None else None
             if value is None and required:
-                raise OneBertError(f"{path}: line {number}: missing {role} field {_clip(key)}")
+                raise OneBertError(f"{where}: missing {role} field {_clip(key)}")
             if value is not None and not isinstance(value, (str, int, float)):
-                raise OneBertError(f"{path}: line {number}: field {_clip(key)} is {type(value).__name__}, "
+                raise OneBertError(f"{where}: field {_clip(key)} is {type(value).__name__}, "
                                    f"expected a string or number")
             values.append(value)
-        label = values[2]
-        if isinstance(label, bool):
-            label = str(label).lower()
-        if label is not None:
-            check_label(str(label).strip(), f"{path}: line {number}")
+        label = _record_label(values[2], label_names, where, labelled)
         examples.append(TextExample(text=str(values[0]).strip(),
                                     text_pair=str(values[1]).strip() if values[1] is not None else None,
-                                    label=str(label).strip() if label is not None else None,
-                                    source=f"{path}: line {number}"))
-    if not examples:
-        raise OneBertError(f"{path}: the file is empty")
+                                    label=label, source=where))
     return examples
 
 
-def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Column, text_pair_column: Column,
+def _record_label(label: Any, label_names: Sequence[str] | None, where: str, labelled: bool) -> str | None:
+    if isinstance(label, bool):
+        label = str(label).lower()
+    elif label_names is not None and isinstance(label, int):
+        if label == -1 and not labelled:  # datasets' ClassLabel writes -1 for "no label" (GLUE test splits)
+            return None
+        if not 0 <= label < len(label_names):
+            raise OneBertError(f"{where}: label id {label} is outside the {len(label_names)} label names "
+                               f"({_names(label_names)})" + ("; -1 is datasets' 'no label'" if label == -1 else ""))
+        label = label_names[label]
+    if label is None:
+        return None
+    check_label(str(label).strip(), where)
+    return str(label).strip()
+
+
+def _jsonl_names(where: str, record: dict[str, Any], text_column: Column, text_pair_column: Column,
                  label_column: Column, labelled: bool) -> tuple[str, str | None, str | None]:
     by_lower = {key.lower(): key for key in record}
     if text_column is not None:
@@ -417,7 +456,7 @@ def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Col
         else:
             single = next((by_lower[n] for n in SINGLE_COLUMNS if n in by_lower), None)
             if single is None:
-                raise OneBertError(f"{path}: line {line}: no text field found ({_names(record)}); "
+                raise OneBertError(f"{where}: no text field found ({_names(record)}); "
                                    f"name it with --text-column")
             text_key, pair_key = single, None
     if label_column is not None:
@@ -425,7 +464,7 @@ def _jsonl_names(path: Path, line: int, record: dict[str, Any], text_column: Col
     else:
         label_key = next((by_lower[n] for n in LABEL_COLUMNS if n in by_lower), None)
         if label_key is None and labelled:
-            raise OneBertError(f"{path}: line {line}: no label field found ({_names(record)}); "
+            raise OneBertError(f"{where}: no label field found ({_names(record)}); "
                                f"name it with --label-column")
     return text_key, pair_key, label_key
 
@@ -526,22 +565,34 @@ def read_conll(path: str | Path, *, labelled: bool = True, scheme: str = "auto")
             start = number
         words.append(fields[0])
         if width >= 2:
-            tag = fields[-1]
-            if not _TAG_PATTERN.match(tag):
-                raise OneBertError(f"{path}: line {number}: tag {_clip(tag)} is not O or B-TYPE / I-TYPE")
-            tags.append(tag)
+            tags.append(check_tag(fields[-1], f"{path}: line {number}"))
     flush()
     if not examples:
         raise OneBertError(f"{path}: no sentences (only -DOCSTART- or blank lines)")
     if width >= 2:
-        first_iob1 = next((e for e in examples if _starts_entity_with_inside(e.tags)), None)  # type: ignore[arg-type]
-        if scheme == "iob1" or (scheme == "auto" and first_iob1 is not None):
-            for example in examples:
-                example.tags = iob1_to_iob2(example.tags)  # type: ignore[arg-type]
-            if scheme == "auto":
-                logger.info("%s: IOB1 tags (an entity starting with I- at the sentence of %s); converted to IOB2",
-                            path, first_iob1.source if first_iob1 else "?")
+        apply_tag_scheme(path, examples, scheme)
     return examples
+
+
+def check_tag(tag: str, where: str) -> str:
+    if not _TAG_PATTERN.match(tag):
+        raise OneBertError(f"{where}: tag {_clip(tag)} is not O or B-TYPE / I-TYPE")
+    check_label(tag, where)
+    return tag
+
+
+def apply_tag_scheme(path: str | Path, examples: Sequence[NerExample], scheme: str) -> None:
+    """IOB1 -> IOB2 in place: always for "iob1", for "auto" when some entity starts with I- (see the module doc)."""
+    if scheme not in TAG_SCHEMES:
+        raise OneBertError(f"{path}: unknown tag scheme {scheme!r}; use one of {', '.join(TAG_SCHEMES)}")
+    first_iob1 = next((e for e in examples if e.tags and _starts_entity_with_inside(e.tags)), None)
+    if scheme == "iob1" or (scheme == "auto" and first_iob1 is not None):
+        for example in examples:
+            if example.tags:
+                example.tags = iob1_to_iob2(example.tags)
+        if scheme == "auto":
+            logger.info("%s: IOB1 tags (an entity starting with I- at the sentence of %s); converted to IOB2",
+                        path, first_iob1.source if first_iob1 else "?")
 
 
 def _starts_entity_with_inside(tags: Sequence[str]) -> bool:
@@ -621,7 +672,7 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
                     _expect(path, raw, dict, answer_path)
                     answer_text = _field(path, raw, "text", str, answer_path)
                     answer_start = _field(path, raw, "answer_start", int, answer_path)
-                    answer = _align_answer(context, answer_text, answer_start)
+                    answer = align_answer(context, answer_text, answer_start)
                     moved += answer.aligned and answer.start != answer_start
                     unaligned += not answer.aligned
                     answers.append(answer)
@@ -630,16 +681,21 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
                                           source=f"{path}: {qa_path}"))
     if not examples:
         raise OneBertError(f"{path}: no questions in `data`")
+    report_alignment(path, examples, moved, unaligned)
+    return examples
+
+
+def report_alignment(path: str | Path, examples: Sequence[QAExample], moved: int, unaligned: int) -> None:
+    """Warn how many answers were not at their answer_start (moved, or kept for evaluation only)."""
     if moved or unaligned:
         untrainable = sum(1 for e in examples if not e.is_impossible and e.training_answer is None)
         logger.warning("%s: %d answer(s) not at their answer_start: %d found within %d characters and moved, "
                        "%d not found (kept for evaluation, skipped in training; %d question(s) have no usable "
                        "answer for training)", path, moved + unaligned, moved, MAX_ANSWER_SHIFT, unaligned,
                        untrainable)
-    return examples
 
 
-def _align_answer(context: str, text: str, start: int) -> SquadAnswer:
+def align_answer(context: str, text: str, start: int) -> SquadAnswer:
     if text and context[start:start + len(text)] == text and start >= 0:
         return SquadAnswer(text, start, True)
     if text:

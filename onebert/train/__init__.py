@@ -7,12 +7,12 @@ step.py         one optimizer step: micro-batches, loss normalisers, accumulatio
 meter.py        the metrics of a logging interval: statistics, throughput, MFU
 budget.py       when training ends: --max-steps, the --max-time budget, Ctrl-C / SIGTERM
 optim.py        AdamW with BERT's parameter groups; warm-up + decay schedule that a time budget can re-fit
-precision.py    device choice, autocast / grad scaler, measured peak FLOP/s, Intel Extension for PyTorch
 distributed.py  torchrun / DDP set-up and the few collectives the loop needs
 checkpoint.py   atomic checkpoints with a checksummed manifest, exact resume, keep-last-K
 metrics_log.py  JSON-lines metrics file and the console progress bar
 prefetch.py     batches built ahead in a background thread, resume-exact
 pretraining.py  the pretraining task (MLM + NSP) that plugs into the loop, and `pretrain()` that builds and runs it
 
+Device, precision, autocast and peak FLOP/s live in onebert/runtime.py (shared with inference).
 Nothing here is imported by `import onebert`; these modules import torch.
 """

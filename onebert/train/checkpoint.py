@@ -52,7 +52,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Committed checkpoint directories (complete or not: `verify` decides), oldest first."""
+    """Committed checkpoint directories (complete or not: `verify_checkpoint` decides), oldest first."""
     directory = checkpoint_dir(run_dir)
     if not directory.is_dir():
         return []

@@ -14,7 +14,7 @@ for NER) in the whole accumulated, all-ranks batch (see `onebert.train.step`): t
 loss times the micro-batch's count over the global total.
 
 Validation. The loop calls `evaluate` every `eval_every` steps: the whole validation set goes
-through `onebert.predict` (the code path of `onebert evaluate`), scored with the task's standard
+through `onebert.infer.predictor` (the code path of `onebert evaluate`), scored with the task's standard
 metric; for SQuAD v2.0 the null-answer threshold is tuned on these predictions (no second pass)
 and the metrics are those at the tuned threshold. The model with the best validation metric is
 written to RUN_DIR/best (with its threshold) as a HuggingFace-layout directory with the tokenizer.
@@ -35,7 +35,7 @@ from torch import nn
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_directory
 from onebert.model.flops import training_flops
-from onebert.predict import forward
+from onebert.infer.predictor import forward
 from onebert.tasks import collate, get_task
 from onebert.tasks.spec import TaskSpec
 from onebert.train.distributed import DistContext
@@ -167,6 +167,7 @@ class FineTuningTask(TrainingTask):
         self.eval_batch_size = eval_batch_size
         self.log = log
         self.metric = metric or spec.default_metric
+        self.percent_metrics = self.task.percent_metrics
         if self.metric not in spec.selection_metrics():
             raise OneBertError(f"--metric {self.metric} is not a {spec.task} "
                                f"metric; use one of {', '.join(spec.selection_metrics())}")
@@ -246,23 +247,31 @@ class FineTuningTask(TrainingTask):
             return {k: 0.0 for k in metrics}
         return metrics
 
-    def on_evaluate(self, step: int, metrics: dict[str, float], model: nn.Module, run_dir: Path) -> None:
+    def on_evaluate(self, step: int, metrics: dict[str, float], model: nn.Module, run_dir: Path) -> bool:
+        """Keep the model in RUN_DIR/best when the metric improved (strictly; a NaN never does); say whether it did."""
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(value):
-            return
+            return False
         if "null_threshold" in metrics:
             self.last_threshold = metrics["null_threshold"]
         better = (self.best_value is None or
                   (value < self.best_value if self.metric in self.task.lower_is_better else value > self.best_value))
         if not better:
-            return
+            return False
         previous = self.best_value
         self.best_value, self.best_step = value, step
         validation = {k: v for k, v in metrics.items() if k != "null_threshold"}
         save_model_dir(model, self.tokenizer, self._spec_now(), Path(run_dir) / BEST_DIR, best_step=step,
                        validation=validation)
-        change = "" if previous is None else f" (was {previous:.4f})"
-        self.log(f"best {self.metric} = {value:.4f} at step {step}{change}: saved {Path(run_dir) / BEST_DIR}")
+        change = "" if previous is None else f" (was {self.format(previous)})"
+        self.log(f"best {self.metric} = {self.format(value)} at step {step}{change}: saved {Path(run_dir) / BEST_DIR}")
+        return True
+
+    def format(self, value: float) -> str:
+        """The selection metric as the console lines print it (a percentage either way; see metrics_log)."""
+        from onebert.train.metrics_log import format_value
+
+        return format_value(self.metric, float(value), self.percent_metrics)
 
     def _spec_now(self) -> TaskSpec:
         import dataclasses
@@ -279,8 +288,8 @@ def finetune(args) -> int:
     import math
 
     from onebert.model.config import BertConfig
-    from onebert.predict import load_tokenizer, model_class, resolve_model_dir
-    from onebert.train import precision as prec
+    from onebert.infer.predictor import load_tokenizer, model_class, resolve_model_dir
+    from onebert import runtime
     from onebert.train.distributed import init_distributed, shutdown
     from onebert.train.config import TrainConfig
     from onebert.train.trainer import train
@@ -297,17 +306,17 @@ def finetune(args) -> int:
                            f"positions), got {max_seq_length}")
     train_examples, validation_examples, spec = read_training_data(args, max_seq_length)
 
-    loop_config = TrainConfig(
-        output_dir=args.output, max_steps=1, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_steps=args.warmup_steps, warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio,
-        schedule=args.schedule, weight_decay=args.weight_decay, adam_eps=args.adam_eps,
-        max_grad_norm=args.max_grad_norm, max_nonfinite=args.max_bad_steps, seed=args.seed,
-        save_every=args.save_every, keep_last=args.keep_last,
-        log_every=args.log_every, resume=args.resume, precision=args.precision, compile=args.compile,
-        device=args.device)
-    loop_config.validate()
+    def loop_config(**steps: Any) -> TrainConfig:
+        # Every option is a TrainConfig field declared once (onebert/train/config.py); a --warmup-steps given
+        # replaces the default ratio rather than contradicting it.
+        return TrainConfig.from_options(args, output_dir=args.output, **steps,
+                                        warmup_ratio=None if args.warmup_steps is not None else args.warmup_ratio)
 
-    dist = init_distributed(prec.device_type(args.device))
+    loop_config(max_steps=args.max_steps or 1).validate()  # a bad value is refused before the data is batched
+    if args.early_stopping_patience is not None and not validation_examples:
+        raise OneBertError("--early-stopping-patience needs --validation (it counts validations without improvement)")
+
+    dist = init_distributed(runtime.device_type(args.device))
     say = print if dist.is_main else (lambda *a, **k: None)
     try:
         best = read_best(output, args.metric or spec.default_metric) if args.resume is not None else None
@@ -316,28 +325,29 @@ def finetune(args) -> int:
                               metric=args.metric, rank=dist.rank, world_size=dist.world_size, best_value=best,
                               log=say)
         steps_per_epoch = math.ceil(task.sampler.batches_per_epoch / args.grad_accum)
-        loop_config.max_steps = args.max_steps or max(1, math.ceil(args.epochs * task.sampler.batches_per_epoch
-                                                                   / args.grad_accum))
-        loop_config.eval_every = (args.eval_every or steps_per_epoch) if validation_examples else None
+        # The steps are known once the data is batched: the config is made then, not patched.
+        config = loop_config(max_steps=args.max_steps or max(1, math.ceil(args.epochs * task.sampler.batches_per_epoch
+                                                                          / args.grad_accum)),
+                             eval_every=(args.eval_every or steps_per_epoch) if validation_examples else None)
         torch.manual_seed(args.seed)  # the new head's initial weights
         model = model_class(spec.task).from_pretrained(model_dir, config=spec.apply_to(base_config),
                                                        ignore_mismatched_heads=True)
         say(f"model: {model_dir} ({base_config.num_hidden_layers} layers, hidden {base_config.hidden_size}) "
             f"as {type(model).__name__}")
-        say(describe_data(spec, train_examples, validation_examples, task, steps_per_epoch, loop_config.max_steps))
+        say(describe_data(spec, train_examples, validation_examples, task, steps_per_epoch, config.max_steps))
         options = {k: v for k, v in vars(args).items() if k not in ("_module", "command", "config", "bf16")}
         notes = {"labels": ", ".join(spec.labels) if spec.labels and len(spec.labels) <= 20 else
                  (f"{len(spec.labels)} labels" if spec.labels else "none"),
                  "steps_per_epoch": steps_per_epoch}
         notes.update(spec.handler.run_notes())
-        result = train(task, model, loop_config, options=options, dist=dist, notes=notes)
+        result = train(task, model, config, options=options, dist=dist, notes=notes)
     finally:
         shutdown(dist)
     if result.interrupted:
         return 130
     if dist.is_main:
         if task.best_value is not None:
-            say(f"best validation {task.metric} = {task.best_value:.4f}: {output / BEST_DIR}")
+            say(f"best validation {task.metric} = {task.format(task.best_value)}: {output / BEST_DIR}")
         say(f"final model: {output / FINAL_DIR}")
     return 0
 
@@ -347,9 +357,12 @@ def finetune(args) -> int:
 def read_training_data(args, max_seq_length: int, log=print):
     """Training and validation examples, and the task spec (labels from the training data)."""
     columns = {k: getattr(args, k) for k in ("text_column", "text_pair_column", "label_column") if getattr(args, k)}
+    from onebert.tasks.records import read_options
+
     reader = get_task(args.task)(None)
-    train_examples = reader.read(args.train, columns)
-    validation_examples = reader.read(args.validation, columns) if args.validation else None
+    train_examples = reader.read(args.train, columns, read_options(args, "train"))
+    validation_examples = reader.read(args.validation, columns, read_options(args, "validation")) \
+        if args.validation else None
     kind = get_task(get_task(args.task).training_task(args, train_examples))
     spec = TaskSpec(kind.name, **kind.training_spec(args, train_examples, validation_examples, max_seq_length, log=log))
     return train_examples, validation_examples, spec

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from onebert.train import precision as prec
+from onebert import runtime
 from onebert.train.distributed import DistContext
 from onebert.train.metrics_log import MetricsLog, Progress
 from onebert.train.step import StepResult
@@ -69,7 +69,7 @@ class Meter:
 
     def report(self, step: int, lr: float, train_seconds: Callable[[], float], skipped_steps: int) -> dict[str, Any]:
         """Read the interval's sums off the device, log them (rank 0) and start a new interval."""
-        prec.synchronize(self.device)
+        runtime.synchronize(self.device)
         keys = sorted(self.stat_sums)
         stat_vector = self.dist.all_reduce_sum(torch.stack([self.stat_sums[k] for k in keys]).double()
                                                .to(self.comm_device))
@@ -96,7 +96,7 @@ class Meter:
         if achieved > self.peak_flops and self.peak_remeasures < MAX_PEAK_REMEASURES:
             self.peak_remeasures += 1
             # The peak was measured while something else used the machine: measure again.
-            self.peak_flops = max(self.peak_flops, prec.measure_peak_flops(self.device, self.precision))
+            self.peak_flops = max(self.peak_flops, runtime.measure_peak_flops(self.device, self.precision))
             self.progress.write(f"peak {self.precision} matmul re-measured: {self.peak_flops / 1e9:,.1f} GFLOP/s")
         return achieved / self.peak_flops
 

@@ -2,7 +2,15 @@
 
 metrics.jsonl has one JSON object per line: {"split": "train"|"eval", "step": N, ...metrics}. On a
 resume the records after the checkpoint's step are dropped first (they belong to steps that are
-about to be redone), so the file always describes one consistent run.
+about to be redone), so the file always describes one consistent run. The same records go to the
+experiment trackers of --report-to (onebert.train.tracking), if any.
+
+Metric scales, one convention in the file, the logs and `onebert evaluate`'s JSON (the one of
+transformers and of the official scoring scripts): accuracies, F1, precision/recall, MCC and
+MFU are fractions 0-1, except SQuAD's exact_match and f1 (and their HasAns_/NoAns_/best_ forms),
+which are percentages 0-100 as the official SQuAD script reports them. Console lines print
+fractions as percentages (accuracy=59.4% f1=13.3%) and SQuAD's percentages with a percent sign
+(f1=1.99%), so a line never shows the same kind of number on two scales.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 from onebert.io_utils import atomic_write_text
 
@@ -37,10 +45,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 class MetricsLog:
     """Append-only JSON-lines file, flushed per record so a killed run keeps what it logged."""
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None,
+                 trackers: Sequence[Any] = ()):
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
         self._handle: TextIO | None = None
+        self.trackers = list(trackers)  # onebert.train.tracking.Tracker objects, opened by the caller
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
@@ -56,26 +66,46 @@ class MetricsLog:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self._handle.write(json.dumps(clean) + "\n")
         self._handle.flush()
+        if self.trackers:
+            from onebert.train.tracking import scalars_of
 
-    def close(self) -> None:
+            scalars = scalars_of(record)
+            for tracker in self.trackers:
+                tracker.log(str(record.get("split", "train")), int(record.get("step", 0)), scalars)
+
+    def close(self, failed: bool = False) -> None:
+        """Close the file and every tracker (`failed`: the run ended with an error); safe to call twice."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(failed=failed)
 
 
-def format_metrics(record: dict[str, Any], keys: tuple[str, ...] | None = None) -> str:
-    """'key=value' pairs with sensible precision, for console lines."""
-    parts = []
-    for key, value in record.items():
-        if keys is not None and key not in keys or key == "split":
-            continue
-        if isinstance(value, float):
-            text = (f"{value:.2e}" if key == "lr" else f"{value:.1%}" if key.endswith(("accuracy", "mfu"))
-                    else f"{value:,.0f}" if key.endswith("_per_s") else f"{value:.4g}")
-        else:
-            text = str(value)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+# Scores that are fractions 0-1 and print as percentages; SQuAD's are percentages already (the Task's
+# `percent_metrics`); MCC, Pearson and Spearman are correlations (-1..1) and print as plain numbers.
+FRACTION_METRICS = ("accuracy", "f1", "precision", "recall", "mfu")
+
+
+def format_value(key: str, value: Any, percent: tuple[str, ...] = ()) -> str:
+    """One metric for a console line: fractions and percentages both with a percent sign (see the module's
+    docstring); `percent`: the endings of the metric names that are percentages 0-100 already."""
+    if not isinstance(value, float):
+        return str(value)
+    if key == "lr":
+        return f"{value:.2e}"
+    if percent and key.endswith(percent):
+        return f"{value:.2f}%"
+    if set(key.split("_")) & set(FRACTION_METRICS) and not key.endswith(("thresh", "threshold")):  # f1_macro too
+        return f"{value:.1%}"
+    return f"{value:,.0f}" if key.endswith("_per_s") else f"{value:.4g}"
+
+
+def format_metrics(record: dict[str, Any], keys: tuple[str, ...] | None = None, percent: tuple[str, ...] = ()) -> str:
+    """'key=value' pairs with sensible precision, for console lines (`percent`: as in format_value)."""
+    return " ".join(f"{key}={format_value(key, value, percent)}" for key, value in record.items()
+                    if not (keys is not None and key not in keys or key == "split"))
 
 
 class Progress:
@@ -85,7 +115,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.bar = None
-        if enabled and self.stream.isatty():
+        if enabled and _is_terminal(self.stream):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", file=self.stream, dynamic_ncols=True)
@@ -119,3 +149,12 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    """A closed or replaced stream (pytest's capture, a wrapper without isatty) is no terminal."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

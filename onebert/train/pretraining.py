@@ -23,7 +23,7 @@ from onebert.io_utils import atomic_directory, atomic_write_bytes
 from onebert.model import BertForPreTraining
 from onebert.model.config import IGNORE_INDEX, PRESETS, BertConfig, resolve_config
 from onebert.model.flops import training_flops
-from onebert.train import precision as prec
+from onebert import runtime
 from onebert.train.config import TrainConfig
 from onebert.train.distributed import DistContext, init_distributed, shutdown
 from onebert.train.prefetch import PrefetchedBatches
@@ -149,12 +149,12 @@ def pretrain(data_dir: str, model_config: str, config: TrainConfig, *, batch_siz
     bert_config = _model_config(model_config, data, data_dir)
     masking.validate()
     config.validate()
-    dist = init_distributed(prec.device_type(config.device))
+    dist = init_distributed(runtime.device_type(config.device))
     try:
         batches = data.train_batches(batch_size, seed=config.seed, rank=dist.rank, world_size=dist.world_size,
                                      masking=masking)
         source = batches if num_workers == 0 else PrefetchedBatches(
-            batches, depth=2 * num_workers, pin_memory=prec.device_type(config.device) == "cuda")
+            batches, depth=2 * num_workers, pin_memory=runtime.device_type(config.device) == "cuda")
         eval_size = 2 * batch_size
         # Held-out numbers use BERT's standard 15% masking whatever the training rate, so that runs
         # trained with different --mlm-probability values stay comparable.

@@ -23,6 +23,7 @@ class TrainingTask:
     """
 
     batch_size: int = 1  # sequences per micro-batch on one rank (for the printed global batch)
+    percent_metrics: tuple[str, ...] = ()  # endings of metric names in percent 0-100 (for the console lines)
 
     def train_batches(self) -> Iterator[Batch]:
         raise NotImplementedError
@@ -55,8 +56,10 @@ class TrainingTask:
         """Summed statistics over this rank's part of the held-out data (None: no held-out data)."""
         return None
 
-    def on_evaluate(self, step: int, metrics: dict[str, float], model: nn.Module, run_dir: Path) -> None:
-        """Called on rank 0 after each evaluation (fine-tuning keeps its best model here)."""
+    def on_evaluate(self, step: int, metrics: dict[str, float], model: nn.Module, run_dir: Path) -> bool | None:
+        """Called on rank 0 after each evaluation (fine-tuning keeps its best model here). Returns whether the
+        validation metric improved (what --early-stopping-patience counts), None where nothing is tracked."""
+        return None
 
     def save_final(self, model: nn.Module, directory: Path) -> None:
         """Write the trained model where users pick it up (a HuggingFace-layout directory)."""

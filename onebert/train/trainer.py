@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from onebert.train import checkpoint as ckpt
-from onebert.train import precision as prec
+from onebert import runtime
 from onebert.train.budget import Budget, StopRequest, initial_schedule, refit_after_resume
 from onebert.train.config import TrainConfig
 from onebert.train.distributed import DistContext, init_distributed, wrap_ddp
@@ -43,6 +43,7 @@ class TrainResult:
     interrupted: bool = False
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    early_stopped: bool = False  # --early-stopping-patience ran out
 
 
 def train(task: TrainingTask, model: nn.Module, config: TrainConfig, options: dict[str, Any] | None = None,
@@ -61,9 +62,9 @@ class Trainer:
                  notes: dict[str, Any] | None = None):
         config.validate()
         self.task, self.config, self.run_dir = task, config, Path(config.output_dir)
-        self.dist = dist = dist or init_distributed(prec.device_type(config.device))
-        self.device = prec.resolve_device(config.device, dist.local_rank)
-        self.precision = prec.resolve_precision(config.precision, self.device)
+        self.dist = dist = dist or init_distributed(runtime.device_type(config.device))
+        self.device = runtime.resolve_device(config.device, dist.local_rank)
+        self.precision = runtime.resolve_precision(config.precision, self.device)
         self.say = print if dist.is_main else (lambda *a, **k: None)
         resumed = ckpt.find_resume(self.run_dir, config.resume, log=self.say)
 
@@ -72,9 +73,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.adam_betas,
                                          config.adam_eps)
         self.schedule = initial_schedule(config)
-        self.scaler = prec.grad_scaler(self.device, self.precision)
+        self.scaler = runtime.grad_scaler(self.device, self.precision)
         self.step, self.resumed = 0, resumed is not None
-        self.counters: dict[str, Any] = {"train_seconds": 0.0, "skipped_steps": 0, "sequences": 0.0, "tokens": 0.0}
+        # Checkpointed with the weights; evals_without_improvement is the early-stopping count.
+        self.counters: dict[str, Any] = {"train_seconds": 0.0, "skipped_steps": 0, "sequences": 0.0, "tokens": 0.0,
+                                         "evals_without_improvement": 0}
+        self.stop_early = False
         torch.manual_seed(config.seed + dist.rank)  # dropout differs between ranks, as it would within one big batch
         if resumed is not None:
             self.step, saved_counters = ckpt.restore_training(resumed, self.model, self.optimizer, self.schedule,
@@ -95,6 +99,22 @@ class Trainer:
             skipped_steps=int(self.counters["skipped_steps"]), write=self.progress.write)
 
     def train(self) -> TrainResult:
+        """The loop, then the end; the metrics file and the trackers are closed either way (rank 0 opens them)."""
+        if self.dist.is_main:
+            from onebert.train.tracking import open_trackers, parse_report_to
+
+            self.log.trackers = open_trackers(parse_report_to(self.config.report_to), self.run_dir, self.options,
+                                              resume_step=self.step if self.resumed else None)
+        failed = True
+        try:
+            result = self._finish(*self._loop())
+            failed = False
+            return result
+        finally:
+            self.progress.close()
+            self.log.close(failed=failed)
+
+    def _loop(self) -> tuple[TrainResult, int, int]:
         config, step_fn = self.config, self.optimizer_step
         self.meter = Meter(self.task, self.dist, self.device, self.precision, self.comm_device, self.peak_flops,
                            self.log, self.progress, self.counters["sequences"], self.counters["tokens"])
@@ -120,26 +140,36 @@ class Trainer:
                 with self.meter.paused():
                     if config.eval_every and self.step % config.eval_every == 0:
                         result.eval_metrics, evaluated_at = self.evaluate(), self.step
-                    if config.save_every and self.step % config.save_every == 0:
+                    if config.keeps_checkpoints and config.save_every and self.step % config.save_every == 0:
                         self.save()
                         saved_at = self.step
 
                 interrupt, time_up = self.budget.agree(self.step, stop.requested, self.schedule, self.progress)
                 if interrupt:
-                    self.progress.write(f"stop requested: saving a checkpoint at step {self.step}")
+                    self.progress.write(f"stop requested at step {self.step}"
+                                        + (": saving a checkpoint" if config.keeps_checkpoints else ""))
                     result.interrupted = True
                     break
                 if time_up:
                     self.progress.write(f"time budget of {config.max_time:g}s spent at step {self.step}")
                     break
+                if self.stop_early:  # every rank evaluated at this step and agreed (see _count_patience)
+                    self.progress.write(f"early stopping at step {self.step}: the validation metric did not improve "
+                                        f"in {config.early_stopping_patience} evaluations in a row")
+                    result.early_stopped = True
+                    break
+        return result, evaluated_at, saved_at
 
-        # ---- the end: a last evaluation, checkpoint and the exported model
+    def _finish(self, result: TrainResult, evaluated_at: int, saved_at: int) -> TrainResult:
+        """The end: a last evaluation, checkpoint and the exported model."""
         self.progress.close()
         result.step, result.train_seconds = self.step, self.budget.train_seconds()
-        result.skipped_steps = step_fn.skipped_steps
+        result.skipped_steps = self.optimizer_step.skipped_steps
         if not result.interrupted and evaluated_at != self.step:
             result.eval_metrics = self.evaluate() or result.eval_metrics
-        if saved_at != self.step:
+        if not self.config.keeps_checkpoints:  # --keep-last 0 / --save-every 0: the model only, nothing to resume
+            checkpoint = None
+        elif saved_at != self.step:
             checkpoint = self.save()
         else:
             checkpoint = ckpt.checkpoint_dir(self.run_dir) / ckpt.checkpoint_name(self.step)
@@ -147,20 +177,22 @@ class Trainer:
             result.final_dir = self.run_dir / "final"
             self.task.save_final(self.model, result.final_dir)
             self.say(f"done: {self.step} steps in {result.train_seconds:.0f}s; final model in {result.final_dir}")
+        elif result.interrupted and checkpoint is None:
+            self.say(f"interrupted at step {self.step}; no checkpoint written (--keep-last 0 / --save-every 0), "
+                     "so the run cannot be resumed")
         elif result.interrupted:
             self.say(f"interrupted: checkpoint {checkpoint} written; continue with --resume")
-        self.log.close()
         return result
 
     def _wrap_model(self) -> None:
         """The module the steps call (IPEX, torch.compile, DDP); `self.model` stays the plain one."""
         if self.config.ipex:
-            self.model, self.optimizer = prec.apply_ipex(self.model, self.optimizer, self.precision)
+            self.model, self.optimizer = runtime.apply_ipex(self.model, self.optimizer, self.precision)
         # Batches vary in length (and the model packs real tokens), so compile for dynamic shapes once
         # rather than recompiling for every new length.
         model_fn: nn.Module = torch.compile(self.model, dynamic=True) if self.config.compile else self.model
         self.model_fn = wrap_ddp(model_fn, self.dist, self.device)
-        self.autocast = prec.autocast(self.device, self.precision)
+        self.autocast = runtime.autocast(self.device, self.precision)
         self.comm_device = self.device if self.dist.backend in ("nccl", "xccl") else torch.device("cpu")
 
     def _announce(self, options: dict[str, Any] | None, notes: dict[str, Any] | None) -> dict[str, Any]:
@@ -174,7 +206,7 @@ class Trainer:
             "parameters": sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values()),
             "optimizer": f"AdamW ({optimizer_kind(self.optimizer)})", "backend": dist.backend or "single process",
         }
-        self.peak_flops = prec.measure_peak_flops(self.device, self.precision) if config.measure_mfu else None
+        self.peak_flops = runtime.measure_peak_flops(self.device, self.precision) if config.measure_mfu else None
         if dist.is_main:
             import yaml
 
@@ -204,11 +236,29 @@ class Trainer:
         vector = self.dist.all_reduce_sum(torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64,
                                                        device=self.comm_device))
         metrics = self.task.summarize(dict(zip(keys, vector.tolist())))
+        improved = None
         if self.dist.is_main:
             self.log.write({"split": "eval", "step": self.step, **metrics})
-            self.progress.write(f"eval at step {self.step}: {format_metrics(metrics)}")
-            self.task.on_evaluate(self.step, metrics, self.model, self.run_dir)
+            self.progress.write(f"eval at step {self.step}: {format_metrics(metrics, percent=self.task.percent_metrics)}")
+            improved = self.task.on_evaluate(self.step, metrics, self.model, self.run_dir)
+        if self.config.early_stopping_patience is not None:
+            self._count_patience(improved)
         return metrics
+
+    def _count_patience(self, improved: bool | None) -> None:
+        """Early stopping: rank 0 judged the metric; every rank takes its verdict, so all stop at the same step."""
+        verdict = torch.tensor([float(bool(improved)), float(improved is None and self.dist.is_main)],
+                               dtype=torch.float64, device=self.comm_device)
+        improved_all, untracked = self.dist.all_reduce_max(verdict).tolist()
+        if untracked:  # the task keeps no validation metric (pretraining): nothing to count
+            return
+        misses = 0 if improved_all else int(self.counters["evals_without_improvement"]) + 1
+        self.counters["evals_without_improvement"] = misses
+        patience = self.config.early_stopping_patience
+        if misses:
+            self.progress.write(f"no improvement of the validation metric in {misses} evaluation(s) in a row "
+                                f"(stopping at {patience})")
+        self.stop_early = misses >= patience
 
     def save(self) -> Path | None:
         """A checkpoint of everything an exact resume needs: weights, optimizer, schedule, RNGs, data position."""

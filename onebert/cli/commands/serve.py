@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options, model_or_run_dir
 
 HELP = "serve a model over HTTP: /predict, /embed, /health, OpenAPI at /docs"
 DESCRIPTION = (
@@ -18,16 +19,18 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="model directory, or a run directory (its best/, else final/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=ranges.PORT, default=8000)
+    parser.add_argument("--port", type=ranges.PORT, default=8000, help="TCP port to listen on")
     parser.add_argument("--max-batch-size", type=ranges.POSITIVE_INT, default=32, help="items per forward pass")
     parser.add_argument("--max-latency-ms", type=ranges.BATCH_WAIT_MS, default=10.0,
                         help="longest a request waits for others to share its batch")
     parser.add_argument("--max-queue", type=ranges.POSITIVE_INT, default=256,
                         help="waiting requests per endpoint before 503")
-    parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
-                        help="tokens per text (default: the model's limit); longer texts get 422")
+    parser.add_argument("--max-seq-length", "--max-length", type=ranges.TEXT_LENGTH, default=None, dest="max_length",
+                        metavar="N", help="tokens per text (default: the model's limit); longer texts get 422 "
+                                          "(--max-length is the same option)")
     parser.add_argument("--max-texts", type=ranges.POSITIVE_INT, default=128, help="items per request; more get 413")
     parser.add_argument("--max-text-chars", type=ranges.POSITIVE_INT, default=100_000,
                         help="characters per text; more get 413")
@@ -44,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-timeout", type=ranges.REQUEST_TIMEOUT, default=10.0, metavar="SECONDS",
                         help="time a client has to send a whole request (headers and body), from connecting "
                              "or from the previous response; a slower one gets 408 and is disconnected")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_runtime_options(parser, precision=False)
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                        help="server log verbosity")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise OneBertError(f"serving needs {exc.name}: pip install 'onebert[serve]' "
                            f"(fastapi, uvicorn)") from None
 
+    args.model = model_or_run_dir(args.model, "onebert serve")
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
                              max_queue=args.max_queue, max_length=args.max_length, max_texts=args.max_texts,
                              max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,

@@ -8,22 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options
 
 HELP = "predict with a fine-tuned model: JSON lines out, one per input"
-FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "conll", "squad")
+FORMATS = ("auto", "text", "tsv", "csv", "jsonl", "json", "parquet", "datasets", "conll", "squad")
 DESCRIPTION = (
     "Run a fine-tuned model over inputs and write JSON lines, one per input in input order. Inputs "
     "(--format auto decides by the file suffix and content): classification: plain text lines (.txt, stdin), "
     "or TSV/CSV/JSONL with the text (and pair) columns of fine-tuning; ner: plain text lines or CoNLL (words "
     "in the first column; detected by -DOCSTART- or a tag column); qa: SQuAD JSON, or JSON lines "
-    '{"question": ..., "context": ..., "id": ...} (.jsonl, stdin). Outputs: classification {"label", "score", '
+    '{"question": ..., "context": ..., "id": ...} (.jsonl, stdin); for each task also Parquet, a JSON array (.json '
+    "starting with [) or a `datasets` save_to_disk directory (a DatasetDict gives its test split). "
+    'Outputs: classification {"label", "score", '
     '"scores"} ({"score"} for regression); ner {"text", "words", "tags", "entities": [{"entity", "word", '
     '"start", "end", "score"}]}; qa {"id", "answer", "start", "end", "score"}. '
     "Example: onebert predict --model runs/conll --input news.txt --output entities.jsonl")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
+    parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory, or a run directory (its best/, else final/) (required)")
     parser.add_argument("--input", metavar="FILE|-", help="inputs; - reads stdin (required)")
     parser.add_argument("--output", metavar="FILE|-", default="-",
                         help="JSON lines; - writes stdout. An existing file is replaced only if it holds JSON lines "
@@ -32,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification tables: text column")
     parser.add_argument("--text-pair-column", default=None, help="classification tables: second text column")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    add_runtime_options(parser, bf16_alias=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_write_text, check_output_file, is_json_lines
-    from onebert.predict import Predictor
+    from onebert.infer.predictor import Predictor
 
     for name in ("model", "input"):
         if not getattr(args, name):
@@ -52,14 +53,16 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":  # checked before the model is loaded: never the input, never a file of the user's
         check_output_file(args.output, "--output", inputs=[args.input, args.model], made_by_onebert=is_json_lines,
                           kind="JSON-lines predictions file")
-    precision = "bf16" if args.bf16 else args.precision
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     predictor.progress = True
     start = time.perf_counter()
     if args.input == "-":
         # The readers read files; stdin goes through a temporary one, and errors name <stdin>.
         with tempfile.TemporaryDirectory() as tmp:
-            suffix = {"tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "squad": ".json"}.get(args.format, ".txt")
+            suffix = {"tsv": ".tsv", "csv": ".csv", "jsonl": ".jsonl", "squad": ".json", "json": ".json",
+                      "parquet": ".parquet"}.get(args.format, ".txt")
+            if args.format == "datasets":
+                raise OneBertError("--input -: a datasets directory cannot come from stdin; give its path")
             path = Path(tmp) / f"stdin{suffix}"
             path.write_bytes(sys.stdin.buffer.read())
             try:
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def predict_file(predictor, path: Path, args: argparse.Namespace, stdin: bool = False) -> list[dict[str, Any]]:
-    from onebert.commands.evaluate import columns
+    from onebert.cli.commands.evaluate import columns
 
     task = predictor.spec.handler
     fmt = input_format(task, path, args.format, stdin)

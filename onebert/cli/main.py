@@ -1,6 +1,6 @@
 """`onebert <command>`: argument parsing and error reporting only; the work lives in the packages.
 
-Each command is a module in `onebert.commands` with `HELP`, `add_arguments(parser)` and
+Each command is a module in `onebert.cli.commands` with `HELP`, `add_arguments(parser)` and
 `run(args)`; modules import torch and friends inside `run`, so `onebert --help` stays fast.
 Every command accepts `--config FILE` (YAML, TOML or JSON): its keys are the long option names
 (dashes or underscores), and options given on the command line override them.
@@ -17,20 +17,22 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from onebert.errors import OneBertError
+from onebert.errors import show_value as _show
+from onebert.cli.options import HelpFormatter, finish_runtime_options, suggest, unrecognized_message
 
 COMMANDS: dict[str, str] = {
-    "demo": "onebert.commands.demo",
-    "embed": "onebert.commands.embed",
-    "evaluate": "onebert.commands.evaluate",
-    "export": "onebert.commands.export",
-    "finetune": "onebert.commands.finetune",
-    "info": "onebert.commands.info",
-    "plot": "onebert.commands.plot",
-    "predict": "onebert.commands.predict",
-    "prepare": "onebert.commands.prepare",
-    "pretrain": "onebert.commands.pretrain",
-    "serve": "onebert.commands.serve",
-    "tokenizer": "onebert.commands.tokenizer",
+    "demo": "onebert.cli.commands.demo",
+    "embed": "onebert.cli.commands.embed",
+    "evaluate": "onebert.cli.commands.evaluate",
+    "export": "onebert.cli.commands.export",
+    "finetune": "onebert.cli.commands.finetune",
+    "info": "onebert.cli.commands.info",
+    "plot": "onebert.cli.commands.plot",
+    "predict": "onebert.cli.commands.predict",
+    "prepare": "onebert.cli.commands.prepare",
+    "pretrain": "onebert.cli.commands.pretrain",
+    "serve": "onebert.cli.commands.serve",
+    "tokenizer": "onebert.cli.commands.tokenizer",
 }
 
 
@@ -59,7 +61,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         command_parser = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
-                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                        formatter_class=HelpFormatter)
         command_parser.add_argument("--config", metavar="FILE", default=None,
                                     help="YAML/TOML/JSON file of option values; command-line options override it")
         module.add_arguments(command_parser)
@@ -95,11 +97,15 @@ def _main(argv: Sequence[str] | None) -> int:
         except OneBertError as exc:
             print(f"onebert {command}: error: {exc}", file=sys.stderr)
             return 2
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if extras:  # the command's parser says it (with its prog and a hint), not the top parser's usage
+        command_parser = _deepest_parser(subparsers[args.command], argv)
+        command_parser.error(unrecognized_message(extras, command_parser))
     try:
+        finish_runtime_options(args, f"onebert {args.command}")
         result = args._module.run(args)
     except OneBertError as exc:
         print(f"onebert {args.command}: error: {exc}", file=sys.stderr)
@@ -188,15 +194,16 @@ def load_option_file(path: str, parser: argparse.ArgumentParser) -> dict[str, An
     if not isinstance(data, dict):
         raise OneBertError(f"{file}: expected a mapping of option names to values")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "_module")}
+    for a in list(actions.values()):  # an alias (--max-length of --max-seq-length) names its option too
+        for flag in a.option_strings:
+            actions.setdefault(flag.lstrip("-").replace("-", "_"), a)
     values: dict[str, Any] = {}
     for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        action = actions.get(dest)
+        action = actions.get(str(key).replace("-", "_"))
+        dest = action.dest if action is not None else None
         if action is None:
-            import difflib
-
-            close = difflib.get_close_matches(dest, list(actions), n=1)
-            hint = f" (did you mean '{close[0].replace('_', '-')}'?)" if close else ""
+            hint = suggest(str(key), {flag for a in actions.values() for flag in a.option_strings}, file_key=True)
+            hint = f" ({hint})" if hint else ""
             raise OneBertError(f"{file}: unknown option {_show(key)}{hint}")
         if dest in values:
             raise OneBertError(f"{file}: option {_show(key)} is given twice")
@@ -278,15 +285,6 @@ def _is_date(value: Any) -> bool:
     import datetime
 
     return isinstance(value, (datetime.date, datetime.time))  # TOML and YAML dates: used as their text
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """repr() cut to `limit` characters, so a hostile value keeps an error message on one short line."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int of more than 4300 digits has no repr
-        return "a very long integer"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Where and in which number format training runs: device, autocast, grad scaler, peak FLOP/s, IPEX.
+"""Where and in which number format training and inference run: device, autocast, grad scaler, peak FLOP/s, IPEX.
 
 Precision is one of fp32, bf16 or fp16. bf16 keeps fp32's exponent range, so it needs no loss
 scaling and works under autocast on CPUs and GPUs alike; fp16 overflows without a GradScaler and is
@@ -32,8 +32,15 @@ def _mps_available() -> bool:
     return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
+def _split_index(name: str) -> tuple[str, int | None]:
+    """'cuda:1' -> ('cuda', 1): one device of several, as --device accepts it on every command."""
+    kind, _, index = str(name).partition(":")
+    return (kind, int(index)) if kind in ("cuda", "xpu") and index.isdigit() else (name, None)
+
+
 def device_type(name: str) -> str:
-    """'auto' prefers cuda, then xpu, then mps, then cpu."""
+    """'auto' prefers cuda, then xpu, then mps, then cpu; 'cuda:1' is of type cuda."""
+    name = _split_index(name)[0]
     if name not in DEVICES:
         raise OneBertError(f"--device: unknown device '{name}' (choose one of {', '.join(DEVICES)})")
     if name == "auto":
@@ -42,17 +49,35 @@ def device_type(name: str) -> str:
     return name
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The device to train on; under torchrun each rank takes its local GPU."""
-    name = device_type(name)
+def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> torch.device:
+    """The one device resolver of training and inference: 'auto' (None too), a type, or a type with an index.
+
+    'cuda:1' / 'xpu:0' pick a device; a bare 'cuda' takes `local_rank` under torchrun (each rank its
+    local GPU, made the current device) and the current device otherwise. Anything torch cannot
+    use here is an error that says so, not a crash at the first tensor.
+    """
+    name = "auto" if name is None else str(name)
+    kind, colon, index = name.partition(":")
+    if colon and not (index.isdigit() and kind in ("cuda", "xpu")):
+        raise OneBertError(f"--device: cannot read '{name}' (use {', '.join(DEVICES)}, or cuda:N / xpu:N)")
+    kind = device_type(kind)
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "xpu": _xpu_available(), "mps": _mps_available()}
-    if not available[name]:
-        raise OneBertError(f"--device {name}: no {name} device is available to this PyTorch "
+    if not available[kind]:
+        raise OneBertError(f"--device {name}: no {kind} device is available to this PyTorch "
                            f"({torch.__version__}); use --device cpu or --device auto")
-    if name in ("cuda", "xpu"):
-        getattr(torch, name).set_device(local_rank)
-        return torch.device(name, local_rank)
-    return torch.device(name)
+    if kind not in ("cuda", "xpu"):
+        return torch.device(kind)
+    backend = getattr(torch, kind)
+    if colon and local_rank not in (None, 0):
+        raise OneBertError(f"--device {name} names one device; with several processes give --device {kind} "
+                           "(each process takes its local rank's)")
+    ordinal = int(index) if colon else local_rank if local_rank is not None else backend.current_device()
+    if ordinal >= backend.device_count():
+        raise OneBertError(f"--device {name}: this machine has {backend.device_count()} {kind} device(s), "
+                           f"numbered from 0")
+    if local_rank is not None:
+        backend.set_device(ordinal)
+    return torch.device(kind, ordinal)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,5 +1,5 @@
 """Inference with a fine-tuned model: one code path for validation during training, `onebert evaluate`,
-`onebert predict` and `onebert.pipeline`.
+`onebert predict` and `onebert.pipeline`; `forward`'s batching is the embedder's too.
 
 A fine-tuned directory describes itself in config.json, so nothing else is needed to use it:
 `onebert` = {"task": a name of `onebert.tasks.TASKS`, the feature settings (max_seq_length,
@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -84,7 +84,7 @@ class Predictor:
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
              max_length: int | None = None, task: str | None = None, precision: str = "fp32") -> "Predictor":
         from onebert.model.config import BertConfig
-        from onebert.train import precision as prec
+        from onebert import runtime
 
         directory = resolve_model_dir(model_dir)
         config = BertConfig.load(directory)
@@ -107,15 +107,15 @@ class Predictor:
         if missing:
             raise OneBertError(f"{directory}: the checkpoint has no trained {spec.task} head "
                                f"({', '.join(missing[:4])} missing); fine-tune it with `onebert finetune` first")
-        torch_device = prec.resolve_device(device)
+        torch_device = runtime.resolve_device(device)
         model.to(torch_device).eval()
         return cls(model=model, tokenizer=tokenizer, spec=spec, device=torch_device, batch_size=batch_size,
-                   precision=prec.resolve_precision(precision, torch_device), directory=directory)
+                   precision=runtime.resolve_precision(precision, torch_device), directory=directory)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        from onebert.train import precision as prec
+        from onebert import runtime
 
-        return prec.autocast(self.device, self.precision)
+        return runtime.autocast(self.device, self.precision)
 
     def predict(self, examples: Sequence[Any]) -> list[Any]:
         """Task predictions (ClassificationPrediction / NerPrediction / QAPrediction), one per example."""
@@ -145,37 +145,64 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def forward(model, features: Features, *, batch_size: int, device, autocast=None, pad_token_id: int = 0,
-            progress: bool = False) -> dict[str, list[np.ndarray]]:
-    """Run the model over every feature row; per-row float32 outputs in the rows' order.
+def progress_bar(total: int, unit: str, show: bool | None) -> Any:
+    """A tqdm bar on stderr, or None: show None means only when stderr is a terminal (sentence-transformers'
+    convention for its show_progress_bar), True always, False never."""
+    if total == 0 or show is False or (show is None and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
 
-    "logits": [num_labels] per row (classification) or [length, num_labels] (NER);
-    "start_logits" / "end_logits": [length] per row (QA). Padding is cut off each row.
-    progress: a progress bar on a terminal (stderr).
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+# What forward keeps of one batch: name -> (values [B, ...], one value per token?). Per-token values are
+# cut to each row's length; the rest is kept whole.
+Extract = Callable[[Any, dict], dict[str, tuple[Any, bool]]]
+
+
+def task_outputs(out, batch: dict) -> dict[str, tuple[Any, bool]]:
+    """A task head's outputs: "logits" (per token for NER) or QA's "start_logits" / "end_logits"."""
+    if out.start_logits is not None:
+        return {"start_logits": (out.start_logits, True), "end_logits": (out.end_logits, True)}
+    return {"logits": (out.logits, out.logits.ndim == 3)}
+
+
+def forward(model, features: Features, *, batch_size: int, device, autocast=None, pad_token_id: int = 0,
+            progress: bool = False, bar: Any = None, outputs: Extract = task_outputs) -> dict[str, list[np.ndarray]]:
+    """Run the model over every feature row, in length-sorted batches; per-row float32 outputs in the rows' order.
+
+    The one inference loop: predict, evaluate, the pipeline, validation during fine-tuning and the
+    embedder run through it. outputs: what to keep of a batch (default `task_outputs`: "logits" =
+    [num_labels] per row for classification or [length, num_labels] for NER; "start_logits" /
+    "end_logits" = [length] for QA; padding is cut off each row). It runs outside autocast, so
+    pooling and normalising happen in float32.
+    progress: a bar over the batches on a terminal (stderr); bar: a bar of the caller's, advanced by rows.
     """
     import torch
 
     autocast = autocast or contextlib.nullcontext()
     lengths = features.lengths()
+    keys = [k for k in _INPUT_KEYS if k in features.columns]
     results: dict[str, list[Any]] = {}
     batches = length_sorted_batches(lengths, batch_size)
-    if progress and sys.stderr.isatty() and len(batches) > 1:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
+    own_bar = progress_bar(len(batches), "batch", None) if progress and bar is None and len(batches) > 1 else None
     with torch.inference_mode():
         for rows in batches:
-            batch = collate([{k: features.columns[k][i] for k in _INPUT_KEYS} for i in rows], pad_token_id)
+            batch = collate([{k: features.columns[k][i] for k in keys} for i in rows], pad_token_id)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
                 out = model(**batch)
-            names = ("start_logits", "end_logits") if out.start_logits is not None else ("logits",)
-            for name in names:
-                values = getattr(out, name).float().cpu().numpy()
+            for name, (tensor, token_level) in outputs(out, batch).items():
+                values = tensor.float().cpu().numpy()
                 column = results.setdefault(name, [None] * len(lengths))
-                token_level = name != "logits" or values.ndim == 3  # NER and QA: one value per token
                 for j, i in enumerate(rows):
                     column[i] = values[j, :lengths[i]] if token_level else values[j]
+            if own_bar is not None:
+                own_bar.update(1)
+            if bar is not None:
+                bar.update(len(rows))
+    if own_bar is not None:
+        own_bar.close()
     return results
 
 
@@ -190,4 +217,4 @@ def score(spec: TaskSpec, predictions: Sequence[Any], examples: Sequence[Any]) -
 
 
 __all__ = ["TaskSpec", "Predictor", "resolve_model_dir", "load_tokenizer", "model_class", "encode", "forward",
-           "decode", "score", "length_sorted_batches"]
+           "task_outputs", "progress_bar", "decode", "score", "length_sorted_batches"]

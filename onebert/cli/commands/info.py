@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from onebert.cli.options import model_or_run_dir
+
 HELP = "print a model directory's config, parameter count, task and files"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="DIR", help="a model directory (config.json + weights)")
+    parser.add_argument("model", metavar="DIR", help="a model directory (config.json + weights), or a run directory (its best/, else final/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -20,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from onebert.errors import OneBertError
     from onebert.model.weights import read_state_dict
 
+    args.model = model_or_run_dir(args.model, "onebert info")
     directory = Path(args.model)
     config = BertConfig.load(directory)
     state, source = read_state_dict(directory)

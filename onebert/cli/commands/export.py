@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onebert import ranges
+from onebert.cli.options import model_or_run_dir
 
 HELP = "export a model to ONNX, TorchScript or a HuggingFace-layout directory"
 DESCRIPTION = (
@@ -21,7 +22,7 @@ CHECK_ATOL = 1e-3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + weights)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + weights), or a run directory (its best/, else final/)")
     parser.add_argument("--format", required=True, choices=("onnx", "hf", "torchscript"), help="what to write")
     parser.add_argument("--output", required=True, metavar="PATH",
                         help="file (.onnx / .pt) or directory: new, empty, or (onnx/torchscript) one an earlier "
@@ -34,11 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from onebert import export
+    from onebert.infer import export
     from onebert.model.config import BertConfig
     from onebert.errors import OneBertError
     from onebert.tokenizer import Tokenizer
 
+    args.model = model_or_run_dir(args.model, "onebert export")
     model_dir, output = Path(args.model), Path(args.output)
     if not (model_dir / "config.json").is_file():
         raise OneBertError(f"{model_dir}: no config.json (is this a model directory?)")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_export_dir(directory) -> bool:
     """A directory an earlier onnx/torchscript export wrote and nothing else: a re-export may replace it."""
-    from onebert import export
+    from onebert.infer import export
     from onebert.io_utils import holds_only
 
     models = [name for name in ("model.onnx", "model.pt") if (directory / name).is_file()]

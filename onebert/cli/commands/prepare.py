@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing data directory made by `onebert prepare` (never another "
                              "directory, nor one that holds the corpus)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", "--quiet", action="store_true", dest="no_progress",
+                        help="no progress bar (--quiet is the same option)")
 
 
 def run(args: argparse.Namespace) -> int:

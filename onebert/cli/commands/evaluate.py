@@ -7,12 +7,14 @@ import sys
 from typing import Any
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options
 
 HELP = "score a fine-tuned model on labelled data (a table on stderr, one JSON object on stdout)"
 DESCRIPTION = (
     "Evaluate a fine-tuned model directory (or a `onebert finetune` output, whose best/ model is used) on "
     "labelled data in the format of its task: classification TSV/CSV/JSONL (the text and label columns of "
-    "fine-tuning are remembered), CoNLL for ner, SQuAD JSON for qa. Prints a readable table on stderr and "
+    "fine-tuning are remembered), CoNLL for ner, SQuAD JSON for qa, or for each Parquet, a JSON array or a "
+    "`datasets` save_to_disk directory. Prints a readable table on stderr and "
     "one JSON object on stdout: accuracy, precision, recall, f1, f1_macro, mcc (+ confusion_matrix) for "
     "classification; pearson, spearman, mse for regression; entity precision/recall/f1 and per_type for ner; "
     "exact_match and f1 (+ HasAns_/NoAns_ and best_f1 for SQuAD v2.0) for qa. "
@@ -21,7 +23,11 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="fine-tuned model directory (required)")
-    parser.add_argument("--data", metavar="FILE", help="labelled data in the task's format (required)")
+    from onebert.tasks.records import add_format_arguments
+
+    parser.add_argument("--data", metavar="FILE|DIR", help="labelled data in the task's format (required; a "
+                                                           "DatasetDict directory gives its validation split)")
+    add_format_arguments(parser)
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification: text column (default: as fine-tuned)")
     parser.add_argument("--text-pair-column", default=None, help="classification: second text column")
@@ -32,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here "
                              "(confusion_matrix.png / entity_scores.png; an existing one is replaced only if "
                              "it is a PNG)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "xpu", "mps"), default="auto")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--bf16", action="store_true", help="shorthand for --precision bf16")
+    add_runtime_options(parser, bf16_alias=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
-    from onebert.predict import Predictor
+    from onebert.infer.predictor import Predictor
 
     for name in ("model", "data"):
         if not getattr(args, name):
@@ -52,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         from onebert.eval_plots import check_plot_dir
 
         check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
-    precision = "bf16" if args.bf16 else args.precision
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=precision)
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
     predictor.progress = True
     spec = predictor.spec
     if args.null_threshold is not None:
@@ -64,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     metrics, _ = predictor.evaluate(examples)
     seconds = time.perf_counter() - start
+    # The scale convention, stated once: the scores named here are percentages 0-100 (SQuAD's, as its
+    # official script), every other score a fraction 0-1 (see onebert.train.metrics_log).
+    percent = spec.handler.percent_metrics
     result: dict[str, Any] = {"task": spec.task, "model": str(predictor.directory), "data": str(args.data),
-                              "examples": len(examples), **metrics}
+                              "examples": len(examples), **metrics,
+                              "percent_metrics": [k for k in metrics if percent and k.endswith(percent)]}
     if args.plots:
         import importlib.util
 
@@ -82,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_labelled(spec, path: str, args: argparse.Namespace) -> list[Any]:
-    return spec.handler.read(path, columns(spec, args))
+    from onebert.tasks.records import read_options
+
+    return spec.handler.read(path, columns(spec, args), read_options(args, "data"))
 
 
 def columns(spec, args: argparse.Namespace) -> dict[str, str]:
@@ -99,7 +108,7 @@ def columns(spec, args: argparse.Namespace) -> dict[str, str]:
 def format_table(result: dict[str, Any], seconds: float) -> str:
     lines = [f"{result['task']}: {result['examples']:,} examples from {result['data']} "
              f"(model {result['model']}; {seconds:.1f}s, {result['examples'] / max(seconds, 1e-9):,.0f}/s)"]
-    skip = {"task", "model", "data", "examples", "labels", "confusion_matrix", "per_type", "plots"}
+    skip = {"task", "model", "data", "examples", "labels", "confusion_matrix", "per_type", "plots", "percent_metrics"}
     width = max((len(k) for k in result if k not in skip), default=6)
     for key, value in result.items():
         if key in skip:

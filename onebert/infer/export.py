@@ -13,8 +13,9 @@ batch, padded or not (at pad positions the hidden states are then computed rathe
 they carry no meaning either way). Both tracers used here (the TorchScript-based ONNX exporter
 and `torch.jit.trace`) are deprecated in torch 2.9+ but are the ones that take the model as it is.
 
-`check_onnx` / `check_torchscript` run the export on several batch/sequence shapes and compare
-with PyTorch at the real-token positions.
+`compare(model, runner, name)` runs an export (`onnxruntime_runner`, `openvino_runner`,
+`torchscript_runner`, `hf_runner`) on several batch/sequence shapes and compares it with PyTorch at
+the real-token positions; `onebert export` does so after every export.
 """
 
 from __future__ import annotations

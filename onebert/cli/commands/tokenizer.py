@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onebert import ranges
+from onebert.cli.options import HelpFormatter
 
 HELP = "train a WordPiece vocabulary from text files, or show how a tokenizer splits a text"
 DESCRIPTION = """\
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
 
     train = actions.add_parser("train", help="learn a WordPiece vocabulary from text files",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=HelpFormatter)
     train.add_argument("--input", nargs="+", required=True, metavar="FILE",
                        help="text files (UTF-8; .gz is decompressed); every line is text to learn from")
     train.add_argument("--output", required=True, metavar="DIR",
@@ -35,15 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep at most this many distinct characters; rarer ones become [UNK]")
     train.add_argument("--model-max-length", type=ranges.integer(ranges.MIN_TEXT_TOKENS, 10**6 - 1), default=512,
                        help="longest input the model will take, written to tokenizer_config.json")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--no-progress", "--quiet", action="store_true", dest="quiet",
+                       help="no progress bars (--quiet is the same option)")
 
     encode = actions.add_parser("encode", help="print how a tokenizer splits a text or a text pair",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     encode.add_argument("--tokenizer", required=True, metavar="DIR",
                         help="tokenizer or model directory (tokenizer.json or vocab.txt)")
     encode.add_argument("text", help="the text (first segment)")
     encode.add_argument("pair", nargs="?", default=None, help="optional second segment")
-    encode.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
+    encode.add_argument("--max-seq-length", "--max-length", type=ranges.TEXT_LENGTH, default=None, dest="max_length",
+                        metavar="N",
                         help="truncate (longest segment first) to this many tokens; default: the tokenizer's limit")
 
 
@@ -113,7 +116,8 @@ def _encode(args: argparse.Namespace) -> int:
     if args.pair is not None:
         _check_argument(args.pair, "pair")
     tokenizer = Tokenizer.from_pretrained(args.tokenizer)
-    batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None)
+    batch = tokenizer(args.text, args.pair, max_length=args.max_length, padding=False, return_tensors=None,
+                      return_offsets_mapping=True, return_word_ids=True)
     ids, types = batch["input_ids"][0], batch["token_type_ids"][0]
     offsets, segments = batch["offset_mapping"][0], batch["sequence_ids"][0]
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -133,7 +137,7 @@ def _check_argument(text: str, name: str) -> None:
 
     Python turns bytes of the command line that are not UTF-8 into lone surrogates U+DC80-U+DCFF.
     """
-    from onebert.data.text_input import describe_surrogate, lone_surrogate
+    from onebert.text_input import describe_surrogate, lone_surrogate
     from onebert.errors import OneBertError
 
     index = lone_surrogate(text)

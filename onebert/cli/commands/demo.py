@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pretraining time budget")
     parser.add_argument("--model-config", default="mini", metavar="NAME|FILE", help="model preset or config.json")
     parser.add_argument("--vocab-size", type=ranges.VOCAB_SIZE, default=8000, help="WordPiece vocabulary to train")
-    parser.add_argument("--max-seq-length", type=ranges.PREPARE_SEQ_LENGTH, default=128)
-    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32)
+    parser.add_argument("--max-seq-length", type=ranges.PREPARE_SEQ_LENGTH, default=128,
+                        help="tokens per pretraining instance")
+    parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=32, help="sequences per batch")
     parser.add_argument("--lr", type=ranges.POSITIVE, default=1e-3,
                         help="peak learning rate (small models take a high one)")
 

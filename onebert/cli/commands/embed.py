@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onebert import ranges
+from onebert.cli.options import add_runtime_options, model_or_run_dir
 
 HELP = "embed texts (one per line) into sentence vectors saved as .npy"
 DESCRIPTION = (
@@ -15,7 +16,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json, weights, tokenizer)")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json, weights, tokenizer), or a run directory (its best/, else final/)")
     parser.add_argument("--input", required=True, metavar="FILE", help="UTF-8 text file, one text per line; '-' for stdin")
     parser.add_argument("--output", required=True, metavar="FILE.npy", help="where to write the embeddings: a new file, or one an earlier embed wrote "
                              "(a 2-D float32 .npy); never an input or a model's file")
@@ -25,17 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="L2-normalise each vector (default: the checkpoint's, else no)")
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="texts per forward pass")
-    parser.add_argument("--max-length", type=ranges.TEXT_LENGTH, default=None,
-                        help="cut texts to this many tokens (default: the model's limit)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.add_argument("--max-seq-length", "--max-length", type=ranges.TEXT_LENGTH, default=None, dest="max_length",
+                        metavar="N", help="cut texts to this many tokens (default: the model's limit); "
+                                          "--max-length is the same option")
+    add_runtime_options(parser)
+    parser.add_argument("--no-progress", "--quiet", action="store_true", dest="no_progress",
+                        help="do not show a progress bar (--quiet is the same option)")
 
 
 def read_lines(path: str) -> list[str]:
     """Lines without their line ends; a final newline does not make an extra empty text."""
     import sys
 
-    from onebert.data.text_input import check_input_file
+    from onebert.text_input import check_input_file
     from onebert.errors import OneBertError
 
     if path == "-":
@@ -58,18 +61,19 @@ def read_lines(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from onebert.embeddings import Embedder
+    from onebert.infer.embedder import Embedder
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_path, check_output_file, is_embedding_array
 
+    args.model = model_or_run_dir(args.model, "onebert embed")
     check_output_file(args.output, inputs=[args.input, args.model], suffix=".npy",
                       made_by_onebert=is_embedding_array, kind="embeddings file")
     texts = read_lines(args.input)
     if not texts:
         raise OneBertError(f"{args.input}: no lines to embed")
-    embedder = Embedder.from_checkpoint(args.model, pooling=args.pooling, normalize=args.normalize,
-                                        max_length=args.max_length, device=args.device)
-    result = embedder.encode(texts, batch_size=args.batch_size, progress=not args.no_progress)
+    embedder = Embedder(args.model, pooling=args.pooling, normalize=args.normalize, max_length=args.max_length,
+                        device=args.device, precision=args.precision)
+    result = embedder.encode_result(texts, batch_size=args.batch_size, progress=False if args.no_progress else None)
     with atomic_path(args.output) as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.save would append .npy to a bare temp name
             np.save(handle, result.embeddings)

@@ -30,10 +30,11 @@ import math
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 from onebert.errors import OneBertError
@@ -363,6 +364,9 @@ def test_any_valid_table_round_trips_exactly(work, rows, fmt, pairs, crlf, bom):
     if fmt == "tsv":
         text = "".join("\t".join(row) + end for row in [header, *table])
     elif fmt == "csv":
+        # Python 3.10's csv module can neither write nor read NUL (3.11 can); the reader refuses it there in one
+        # line ("line contains NUL"), which the CSV fuzz test above accepts.
+        assume(sys.version_info >= (3, 11) or not any("\x00" in cell for row in table for cell in row))
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator=end).writerows([header, *table])
         text = buffer.getvalue()

@@ -216,7 +216,10 @@ def load_option_file(path: str, parser: argparse.ArgumentParser) -> dict[str, An
 def _parse_option_text(file: Path, text: str) -> Any:
     """YAML (JSON is read as JSON: YAML 1.1 refuses tab indentation and reads 1e5 as a string); TOML by suffix."""
     if file.suffix == ".toml":
-        import tomllib
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # Python 3.10: tomllib is the standard library's copy of tomli (a dependency there)
+            import tomli as tomllib
 
         return tomllib.loads(text)  # refuses duplicate keys itself
     if file.suffix == ".json":

@@ -5,8 +5,7 @@ The top-level names load lazily, so `import onebert` (and `onebert --help`) does
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from onebert.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,15 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onebert' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -129,3 +129,23 @@ def check_input_file(path: str | os.PathLike, option: str = "") -> Path:
     if not os.access(path, os.R_OK):
         raise OneBertError(f"{prefix}: cannot read: permission denied")
     return path
+
+
+def decode_utf8(data: bytes, name: str, what: str) -> str:
+    """UTF-8 (a BOM dropped) or a one-line error naming the line and byte: `what` says what the file must be."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OneBertError(f"{name}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte offset "
+                           f"{exc.start}); {what}") from None
+
+
+def parse_json_document(text: str, name: str) -> Any:
+    """A whole JSON document, or a one-line error naming the line and column of the mistake."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OneBertError(f"{name}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise OneBertError(f"{name}: invalid JSON ({str(exc).split(';')[0]})") from None

@@ -30,6 +30,7 @@ from tokenizers.models import WordPiece
 
 from onebert.errors import OneBertError
 from onebert.io_utils import atomic_write_text
+from onebert.text_input import decode_utf8
 
 if TYPE_CHECKING:
     import numpy as np
@@ -499,12 +500,7 @@ def read_vocab(vocab_file: str | os.PathLike) -> dict[str, int]:
         raise OneBertError(f"{vocab_file}: no such vocabulary file") from None
     except OSError as exc:
         raise OneBertError(f"{vocab_file}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise OneBertError(f"{vocab_file}: line {line}: not valid UTF-8 "
-                           f"(byte 0x{data[exc.start]:02x}); vocab.txt must be UTF-8") from None
+    text = decode_utf8(data, str(vocab_file), "vocab.txt must be UTF-8")
     # split("\n"), not splitlines(): BERT vocabularies hold tokens such as U+2028 that
     # splitlines() would treat as line breaks.
     lines = text.split("\n")

@@ -243,7 +243,7 @@ def test_embed_input_that_is_a_directory_a_device_or_a_fifo_says_what_it_is(tmp_
     binary.write_bytes(b"fine\n\xff\xfe\x00")
     err = _one_line_error(capsys, ["embed", "--model", str(tiny_model), "--input", str(binary), "--output",
                                    str(tmp_path / "out.npy")])
-    assert "binary.txt: line 2: not valid UTF-8 text (byte 0xff at byte offset 5)" in err
+    assert "binary.txt: line 2: not valid UTF-8 (byte 0xff at byte offset 5)" in err
 
 
 def test_data_options_of_other_commands_name_a_device_or_directory(tmp_path, tiny_model, models, capsys):

@@ -37,8 +37,7 @@ accumulation see exactly the data of one big batch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from onebert.lazy import lazy_exports
 
 _EXPORTS = {
     "PretrainingData": "onebert.data.shards",
@@ -54,15 +53,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onebert.data' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

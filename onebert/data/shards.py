@@ -28,7 +28,7 @@ import numpy as np
 from onebert.data.format import (FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, SHARD_DIR, SHARD_FIELDS, TOKENIZER_DIR,
                                  shard_file, tokenizer_fingerprint)
 from onebert.data.masking import MaskingConfig, MaskingVocab, hash_key, mask_tokens, splitmix64
-from onebert.errors import OneBertError
+from onebert.errors import OneBertError, show_value
 
 SPLITS = ("train", "validation")
 # Validation instances get ids in their own range so their masks never coincide with training masks.
@@ -38,18 +38,12 @@ VALIDATION_ID_OFFSET = 1 << 48
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """repr of a value from an untrusted file, cut so that a message stays one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 _KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
 
 
 def _field(meta_file: Path, parent: dict, where: str, key: str, kind: type, *, minimum: int | None = None) -> Any:
     """parent[key] checked to be of `kind` (and >= `minimum`), else a one-line error naming the file and the field."""
-    shown_key = key if re.fullmatch(r"\w{1,40}", key) else _shown(key, 40)  # keys are untrusted text too
+    shown_key = key if re.fullmatch(r"\w{1,40}", key) else show_value(key, 40)  # keys are untrusted text too
     name = f"{where}.{shown_key}" if where else shown_key
     if key not in parent:
         raise OneBertError(f"{meta_file}: field '{name}' is missing (not a complete data directory; "
@@ -57,7 +51,7 @@ def _field(meta_file: Path, parent: dict, where: str, key: str, kind: type, *, m
     value = parent[key]
     # bool is an int subclass, but `true` is no count
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise OneBertError(f"{meta_file}: field '{name}' must be {_KIND_NAMES[kind]}, got {_shown(value)}")
+        raise OneBertError(f"{meta_file}: field '{name}' must be {_KIND_NAMES[kind]}, got {show_value(value)}")
     if minimum is not None and value < minimum:
         raise OneBertError(f"{meta_file}: field '{name}' must be >= {minimum}, got {value}")
     return value
@@ -78,7 +72,7 @@ def check_metadata(meta_file: Path, metadata: dict[str, Any]) -> None:
         for i, shard in enumerate(shards):
             where = f"splits.{split}.shards[{i}]"
             if not isinstance(shard, dict):
-                raise OneBertError(f"{meta_file}: field '{where}' must be an object, got {_shown(shard)}")
+                raise OneBertError(f"{meta_file}: field '{where}' must be an object, got {show_value(shard)}")
             check_shard_name(meta_file, f"{where}.name", _field(meta_file, shard, where, "name", str))
             _field(meta_file, shard, where, "instances", int, minimum=0)
     _field(meta_file, metadata, "", "max_seq_length", int, minimum=1)
@@ -98,7 +92,7 @@ def check_metadata(meta_file: Path, metadata: dict[str, Any]) -> None:
 def check_shard_name(meta_file: Path, where: str, name: Any) -> str:
     """`name` when it is a plain shard name, else a one-line OneBertError naming metadata.json and the field."""
     if not isinstance(name, str) or not SHARD_NAME.fullmatch(name) or ".." in name:
-        raise OneBertError(f"{meta_file}: {where}: {_shown(name)} is not a shard name (a plain file name in "
+        raise OneBertError(f"{meta_file}: {where}: {show_value(name)} is not a shard name (a plain file name in "
                            f"{SHARD_DIR}/); refusing it, as it could read files outside the data directory")
     return name
 
@@ -336,9 +330,9 @@ class PretrainingData:
             raise OneBertError(f"{meta_file}: cannot read: {exc.strerror or exc}") from None
         found = metadata.get("format") if isinstance(metadata, dict) else None
         if found != FORMAT_NAME:
-            raise OneBertError(f"{meta_file}: not onebert pretraining data (format {_shown(found)}, expected {FORMAT_NAME!r})")
+            raise OneBertError(f"{meta_file}: not onebert pretraining data (format {show_value(found)}, expected {FORMAT_NAME!r})")
         if metadata.get("format_version") != FORMAT_VERSION:
-            raise OneBertError(f"{meta_file}: format version {_shown(metadata.get('format_version'))}, this onebert reads "
+            raise OneBertError(f"{meta_file}: format version {show_value(metadata.get('format_version'))}, this onebert reads "
                                f"version {FORMAT_VERSION}; run `onebert prepare` again")
         check_metadata(meta_file, metadata)
         splits = metadata["splits"]

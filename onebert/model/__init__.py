@@ -7,8 +7,9 @@ preset (`onebert.model.config`) must not pay for torch, so this package imports 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from onebert.lazy import lazy_exports
 
 _EXPORTS = {
     "BertModel": "onebert.model.bert",
@@ -40,14 +41,4 @@ if TYPE_CHECKING:
     from onebert.model.ops import BertDropout
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onebert.model' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onebert.errors import OneBertError
+from onebert.errors import OneBertError, show_value
 
 CONFIG_NAME = "config.json"
 
@@ -91,9 +91,9 @@ class BertConfig:
         for name, largest in _MAX_SIZES.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise OneBertError(f"{source}: field '{name}' must be a positive integer, got {_show(value)}")
+                raise OneBertError(f"{source}: field '{name}' must be a positive integer, got {show_value(value)}")
             if value > largest:
-                raise OneBertError(f"{source}: field '{name}' is {_show(value)}, more than the {largest} "
+                raise OneBertError(f"{source}: field '{name}' is {show_value(value)}, more than the {largest} "
                                    "onebert accepts (a corrupt config.json?)")
         parameters = self.estimated_parameters()
         if parameters > MAX_PARAMETERS:
@@ -106,28 +106,28 @@ class BertConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value < 1.0:
-                raise OneBertError(f"{source}: field '{name}' must be in [0, 1), got {_show(value)}")
+                raise OneBertError(f"{source}: field '{name}' must be in [0, 1), got {show_value(value)}")
         if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
-            raise OneBertError(f"{source}: field 'layer_norm_eps' must be in (0, 1), got {_show(self.layer_norm_eps)}")
+            raise OneBertError(f"{source}: field 'layer_norm_eps' must be in (0, 1), got {show_value(self.layer_norm_eps)}")
         if not _is_number(self.initializer_range) or not 0 < self.initializer_range < math.inf:
             raise OneBertError(f"{source}: field 'initializer_range' must be a positive finite number, "
-                               f"got {_show(self.initializer_range)}")
+                               f"got {show_value(self.initializer_range)}")
         if self.classifier_dropout is not None and (not _is_number(self.classifier_dropout)
                                                     or not 0.0 <= self.classifier_dropout < 1.0):
             raise OneBertError(f"{source}: field 'classifier_dropout' must be null or in [0, 1), "
-                               f"got {_show(self.classifier_dropout)}")
+                               f"got {show_value(self.classifier_dropout)}")
         if self.hidden_act not in _ACTIVATIONS:
             raise OneBertError(f"{source}: field 'hidden_act' must be one of {', '.join(_ACTIVATIONS)}, "
-                               f"got {_show(self.hidden_act)}")
+                               f"got {show_value(self.hidden_act)}")
         if self.problem_type is not None and self.problem_type not in _PROBLEM_TYPES:
             raise OneBertError(f"{source}: field 'problem_type' must be null or one of {', '.join(_PROBLEM_TYPES)}, "
-                               f"got {_show(self.problem_type)}")
+                               f"got {show_value(self.problem_type)}")
         if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool) \
                 or not 0 <= self.pad_token_id < self.vocab_size:
             raise OneBertError(f"{source}: field 'pad_token_id' must be an id below vocab_size, "
-                               f"got {_show(self.pad_token_id)}")
+                               f"got {show_value(self.pad_token_id)}")
         if not isinstance(self.onebert, dict):
-            raise OneBertError(f"{source}: field 'onebert' must be an object, got {_show(self.onebert)}")
+            raise OneBertError(f"{source}: field 'onebert' must be an object, got {show_value(self.onebert)}")
         if self.id2label is not None:
             self.id2label = _label_names(self.id2label, source) or None  # {} names nothing: num_labels stays
             if self.id2label is not None:
@@ -202,18 +202,18 @@ class BertConfig:
             else:
                 close = _closest(key, own)
                 hint = f" (did you mean '{close}'?)" if close else ""
-                raise OneBertError(f"{source}: unknown field {_show(key)}{hint}")
+                raise OneBertError(f"{source}: unknown field {show_value(key)}{hint}")
         if "model_type" in data and data["model_type"] != "bert":
-            raise OneBertError(f"{source}: model_type is {_show(data['model_type'])}, onebert reads BERT configs only")
+            raise OneBertError(f"{source}: model_type is {show_value(data['model_type'])}, onebert reads BERT configs only")
         if data.get("position_embedding_type", "absolute") != "absolute":
-            raise OneBertError(f"{source}: position_embedding_type {_show(data['position_embedding_type'])} "
+            raise OneBertError(f"{source}: position_embedding_type {show_value(data['position_embedding_type'])} "
                                "is not supported (only 'absolute', as in BERT)")
         for key in ("model_type",):
             extra.pop(key, None)
         if kwargs.get("id2label") is not None:
             names = _label_names(kwargs["id2label"], source)
             if names and "num_labels" in kwargs and kwargs["num_labels"] != len(names):
-                raise OneBertError(f"{source}: num_labels is {_show(kwargs['num_labels'])} but id2label names "
+                raise OneBertError(f"{source}: num_labels is {show_value(kwargs['num_labels'])} but id2label names "
                                    f"{len(names)} labels")
             if names:
                 kwargs["num_labels"] = len(names)
@@ -293,15 +293,6 @@ def resolve_config(name_or_path: str | os.PathLike, **overrides: Any) -> BertCon
     raise OneBertError(f"model config '{text}': neither a preset ({', '.join(PRESETS)}) nor an existing file")
 
 
-def _show(value: Any, limit: int = 60) -> str:
-    """repr() cut to `limit` characters: a hostile value must not turn an error into a page of text."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int of more than 4300 digits has no repr
-        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -315,7 +306,7 @@ def _label_names(id2label: Any, source: str) -> dict[int, str]:
         if isinstance(key, bool) or not isinstance(key, (int, str)) or not re.fullmatch(r"[0-9]{1,9}", str(key)) \
                 or not isinstance(name, (str, int, float)) or isinstance(name, bool):
             raise OneBertError(f"{source}: field 'id2label' must map indices 0..N-1 to names, "
-                               f"got {_show(key)}: {_show(name)}")
+                               f"got {show_value(key)}: {show_value(name)}")
         names[int(key)] = str(name)
     if sorted(names) != list(range(len(names))):
         raise OneBertError(f"{source}: field 'id2label' must map 0..N-1 to names, got keys {sorted(names)[:10]}")

@@ -255,10 +255,7 @@ def answer_record(prediction: QAPrediction) -> dict[str, Any]:
 
 def read_questions(path: Path, fmt: str) -> list[QAExample]:
     """SQuAD JSON (answers optional), or JSON lines of {"question", "context"[, "id"]}."""
-    import json
-
-    from onebert.text_input import refuse_lone_surrogates
-    from onebert.tasks.readers import ReadOptions, read_squad, read_text_file
+    from onebert.tasks.readers import ReadOptions, json_object_lines, read_squad, read_text_file
     from onebert.tasks.records import DEFAULT_SPLITS, RECORD_FORMATS, qa_records
 
     if fmt == "squad":
@@ -267,17 +264,7 @@ def read_questions(path: Path, fmt: str) -> list[QAExample]:
         return qa_records(path, fmt, ReadOptions(split=DEFAULT_SPLITS["input"]), labelled=False)
     examples = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(read_text_file(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
-            raise OneBertError(f"{path}: line {number}: invalid JSON ({reason})") from None
-        if not isinstance(record, dict):
-            raise OneBertError(f"{path}: line {number}: expected an object with question and context")
-        refuse_lone_surrogates(record, f"{path}: line {number}", line)
+    for number, record in json_object_lines(path, read_text_file(path)):
         for key in ("question", "context"):
             if not isinstance(record.get(key), str):
                 raise OneBertError(f"{path}: line {number}: field {key!r} must be a string")

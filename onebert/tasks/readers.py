@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from onebert.text_input import check_input_file, check_label, refuse_lone_surrogates
-from onebert.errors import OneBertError
+from onebert.text_input import check_input_file, check_label, parse_json_document, refuse_lone_surrogates
+from onebert.errors import OneBertError, show_value
 
 logger = logging.getLogger(__name__)
 
@@ -284,9 +284,9 @@ def _refuse_unknown_header(path: Path, fmt: str, rows: list[tuple[int, list[str]
         return
     reason = None
     if all(_is_number(label) for label in others) and not _is_number(first_label):
-        reason = f"its label cell {_clip(first_label, 40)} is not a number, as every other row's is"
+        reason = f"its label cell {show_value(first_label, 40)} is not a number, as every other row's is"
     elif first_label not in others and len(others) >= 10 and len(set(others)) * 5 <= len(others):
-        reason = (f"its label cell {_clip(first_label, 40)} occurs nowhere else, while the other {len(others)} rows "
+        reason = (f"its label cell {show_value(first_label, 40)} occurs nowhere else, while the other {len(others)} rows "
                   f"use {len(set(others))} labels")
     if reason is None:
         return
@@ -378,6 +378,15 @@ def _columns_by_index(path: Path, line: int, width: int, text_column: Column, te
 
 def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Column, label_column: Column,
                 labelled: bool) -> list[TextExample]:
+    records = [(f"{path}: line {number}", record) for number, record in json_object_lines(path, text)]
+    if not records:
+        raise OneBertError(f"{path}: the file is empty")
+    return examples_from_records(records, text_column, text_pair_column, label_column, labelled)
+
+
+def json_object_lines(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each non-empty line of a JSON-lines text, every line one JSON object: the one parser
+    of JSON lines (classification, NER and QA records, predict's questions), so each names a bad line alike."""
     records = []
     for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
@@ -389,12 +398,10 @@ def _read_jsonl(path: Path, text: str, text_column: Column, text_pair_column: Co
         except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
             raise OneBertError(f"{path}: line {number}: invalid JSON ({_first_clause(exc)})") from None
         if not isinstance(record, dict):
-            raise OneBertError(f"{path}: line {number}: expected a JSON object, found {type(record).__name__}")
+            raise OneBertError(f"{path}: line {number}: expected a JSON object, found {_json_type(type(record))}")
         refuse_lone_surrogates(record, f"{path}: line {number}", line)
-        records.append((f"{path}: line {number}", record))
-    if not records:
-        raise OneBertError(f"{path}: the file is empty")
-    return examples_from_records(records, text_column, text_pair_column, label_column, labelled)
+        records.append((number, record))
+    return records
 
 
 def examples_from_records(records: Sequence[tuple[str, dict[str, Any]]], text_column: Column = None,
@@ -416,9 +423,9 @@ def examples_from_records(records: Sequence[tuple[str, dict[str, Any]]], text_co
                                     (label_key, "label", labelled and label_key is not None)):
             value = record.get(key) if key is not None else None
             if value is None and required:
-                raise OneBertError(f"{where}: missing {role} field {_clip(key)}")
+                raise OneBertError(f"{where}: missing {role} field {show_value(key)}")
             if value is not None and not isinstance(value, (str, int, float)):
-                raise OneBertError(f"{where}: field {_clip(key)} is {type(value).__name__}, "
+                raise OneBertError(f"{where}: field {show_value(key)} is {type(value).__name__}, "
                                    f"expected a string or number")
             values.append(value)
         label = _record_label(values[2], label_names, where, labelled)
@@ -488,8 +495,8 @@ def label_ids(examples: Sequence[TextExample], label_list: Sequence[str]) -> lis
             raise OneBertError(f"{example.source}: no label")
         found = index.get(example.label)
         if found is None:
-            known = ", ".join(_clip(name, 40) for name in label_list[:12])
-            raise OneBertError(f"{example.source}: unknown label {_clip(example.label)}; the model knows "
+            known = ", ".join(show_value(name, 40) for name in label_list[:12])
+            raise OneBertError(f"{example.source}: unknown label {show_value(example.label)}; the model knows "
                                f"{known}{f', ... ({len(label_list)} in all)' if len(label_list) > 12 else ''}")
         ids.append(found)
     return ids
@@ -501,10 +508,10 @@ def regression_targets(examples: Sequence[TextExample]) -> list[float]:
         try:
             value = float(example.label)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise OneBertError(f"{example.source}: label {_clip(example.label)} is not a number "
+            raise OneBertError(f"{example.source}: label {show_value(example.label)} is not a number "
                                "(regression)") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise OneBertError(f"{example.source}: label {_clip(example.label)} is not a finite number")
+            raise OneBertError(f"{example.source}: label {show_value(example.label)} is not a finite number")
         targets.append(value)
     return targets
 
@@ -576,7 +583,7 @@ def read_conll(path: str | Path, *, labelled: bool = True, scheme: str = "auto")
 
 def check_tag(tag: str, where: str) -> str:
     if not _TAG_PATTERN.match(tag):
-        raise OneBertError(f"{where}: tag {_clip(tag)} is not O or B-TYPE / I-TYPE")
+        raise OneBertError(f"{where}: tag {show_value(tag)} is not O or B-TYPE / I-TYPE")
     check_label(tag, where)
     return tag
 
@@ -626,12 +633,7 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
     """
     path = Path(path)
     text = read_text_file(path)
-    try:
-        root = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise OneBertError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
-    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-        raise OneBertError(f"{path}: invalid JSON ({_first_clause(exc)})") from None
+    root = parse_json_document(text, str(path))
     refuse_lone_surrogates(root, str(path), text)
     data = _field(path, root, "data", list, "")
     examples: list[QAExample] = []
@@ -653,7 +655,7 @@ def read_squad(path: str | Path, *, labelled: bool = True) -> list[QAExample]:
                 qid = _field(path, qa, "id", (str, int), qa_path)
                 qid = str(qid)
                 if qid in seen:
-                    raise OneBertError(f"{path}: {qa_path}.id: duplicate id {_clip(qid)} (also at {seen[qid]})")
+                    raise OneBertError(f"{path}: {qa_path}.id: duplicate id {show_value(qid)} (also at {seen[qid]})")
                 seen[qid] = qa_path
                 question = _field(path, qa, "question", str, qa_path)
                 if labelled or "answers" in qa:
@@ -731,16 +733,10 @@ def _first_clause(exc: BaseException) -> str:
     return str(exc).split(";")[0]
 
 
-def _clip(value: Any, limit: int = 60) -> str:
-    """repr() of a value from the file, cut to `limit` characters so that an error stays one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _names(names: Sequence[Any], most: int = 12) -> str:
     """Column or field names for a one-line message: a name with a line break or control character is
     quoted, long names are cut and long lists shortened."""
-    shown = [name if isinstance(name, str) and name.isprintable() and len(name) <= 40 else _clip(name, 40)
+    shown = [name if isinstance(name, str) and name.isprintable() and len(name) <= 40 else show_value(name, 40)
              for name in list(names)[:most]]
     return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from onebert.errors import OneBertError
-from onebert.tasks.readers import (NerExample, QAExample, ReadOptions, TextExample, _clip, _json_type, _names,
+from onebert.errors import OneBertError, show_value
+from onebert.tasks.readers import (NerExample, QAExample, ReadOptions, TextExample, _json_type, _names,
                                    align_answer, apply_tag_scheme, check_tag, examples_from_records,
-                                   read_text_file, report_alignment)
-from onebert.text_input import check_input_file, refuse_lone_surrogates
+                                   json_object_lines, read_text_file, report_alignment)
+from onebert.text_input import check_input_file, parse_json_document, refuse_lone_surrogates
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +120,7 @@ def read_records(path: str | Path, fmt: str, split: str | None = None) -> Record
 
 def _json_array(path: Path) -> Records:
     text = read_text_file(path)
-    try:
-        root = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise OneBertError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
-    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-        raise OneBertError(f"{path}: invalid JSON ({str(exc).split(';')[0]})") from None
+    root = parse_json_document(text, str(path))
     if not isinstance(root, list):
         raise OneBertError(f"{path}: top level: expected a list of records, found {_json_type(type(root))}")
     refuse_lone_surrogates(root, str(path), text)
@@ -136,19 +131,7 @@ def _json_array(path: Path) -> Records:
 
 
 def _json_lines(path: Path) -> Records:
-    rows = []
-    for number, line in enumerate(read_text_file(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
-            raise OneBertError(f"{path}: line {number}: invalid JSON ({reason})") from None
-        if not isinstance(record, dict):
-            raise OneBertError(f"{path}: line {number}: expected an object, found {_json_type(type(record))}")
-        refuse_lone_surrogates(record, f"{path}: line {number}", line)
-        rows.append((f"{path}: line {number}", record))
+    rows = [(f"{path}: line {number}", record) for number, record in json_object_lines(path, read_text_file(path))]
     return _nonempty(Records(str(path), rows))
 
 
@@ -339,7 +322,7 @@ def qa_records(path: str | Path, fmt: str, options: ReadOptions, labelled: bool 
         qid = _typed(record, "id", (str, int), where, required=False)
         qid = str(len(examples)) if qid is None else str(qid)
         if qid in seen:
-            raise OneBertError(f"{where}: id: duplicate id {_clip(qid)} (also at {seen[qid]})")
+            raise OneBertError(f"{where}: id: duplicate id {show_value(qid)} (also at {seen[qid]})")
         seen[qid] = where
         context = _typed(record, "context", str, where)
         answers = []
@@ -401,10 +384,10 @@ def label_names_option(value: str) -> tuple[str, ...]:
     else:
         names = [name.strip() for name in value.split(",")]
     if len(names) < 2 or not all(names):
-        raise OneBertError(f"--label-names {_clip(value)}: expected two or more names, comma-separated "
+        raise OneBertError(f"--label-names {show_value(value)}: expected two or more names, comma-separated "
                            f"(O,B-PER,I-PER), or a file with one name per line")
     if len(set(names)) != len(names):
-        raise OneBertError(f"--label-names: {_clip(next(n for n in names if names.count(n) > 1))} appears twice")
+        raise OneBertError(f"--label-names: {show_value(next(n for n in names if names.count(n) > 1))} appears twice")
     return tuple(names)
 
 

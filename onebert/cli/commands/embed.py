@@ -38,20 +38,14 @@ def read_lines(path: str) -> list[str]:
     """Lines without their line ends; a final newline does not make an extra empty text."""
     import sys
 
-    from onebert.text_input import check_input_file
-    from onebert.errors import OneBertError
+    from onebert.text_input import check_input_file, decode_utf8
 
     if path == "-":
         data, name = sys.stdin.buffer.read(), "<stdin>"
     else:
         file = check_input_file(path, "--input")  # a directory or /dev/urandom is named as what it is
         data, name = file.read_bytes(), str(file)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise OneBertError(f"{name}: line {line}: not valid UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset "
-                           f"{exc.start}); embed reads UTF-8 text files") from None
+    text = decode_utf8(data, name, "embed reads UTF-8 text files")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

@@ -301,6 +301,10 @@ def _fuzz_with_schemathesis(url: str, max_examples: int) -> set[str]:
     from schemathesis import checks
 
     examples = int(os.environ.get("ONEBERT_FUZZ_EXAMPLES", "0"))
+    deadline = time.monotonic() + 60  # /ready is 503 by design until the warm-up pass has run: fuzz a warm server
+    while httpx.get(f"{url}/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the server did not get ready"
+        time.sleep(0.05)
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     selected = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
                 checks.response_schema_conformance, checks.negative_data_rejection]

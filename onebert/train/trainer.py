@@ -193,6 +193,10 @@ class Trainer:
         model_fn: nn.Module = torch.compile(self.model, dynamic=True) if self.config.compile else self.model
         self.model_fn = wrap_ddp(model_fn, self.dist, self.device)
         self.autocast = runtime.autocast(self.device, self.precision)
+        # Validation runs at the precision `onebert evaluate` would use for the saved model (auto: fp32 on a
+        # CPU), so the scores a run saves and selects its best model by are the ones evaluate reproduces.
+        self.eval_autocast = runtime.autocast(
+            self.device, runtime.resolve_precision(self.config.precision, self.device, "inference"))
         self.comm_device = self.device if self.dist.backend in ("nccl", "xccl") else torch.device("cpu")
 
     def _announce(self, options: dict[str, Any] | None, notes: dict[str, Any] | None) -> dict[str, Any]:
@@ -228,7 +232,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         with torch.no_grad():
-            sums = self.task.evaluate(self.model, self.autocast, self.device, self.dist)
+            sums = self.task.evaluate(self.model, self.eval_autocast, self.device, self.dist)
         self.model.train()
         if sums is None:
             return {}

@@ -17,13 +17,18 @@ def load_masked_lm(directory: str | os.PathLike, device: str = "auto"):
     """(model, tokenizer, device) of a BertForPreTraining / BertForMaskedLM directory (e.g. pretrain's final/)."""
     from onebert import runtime
     from onebert.infer.predictor import load_tokenizer, resolve_model_dir
-    from onebert.model import BertForMaskedLM
+    import json
+
+    from onebert.model import BertForMaskedLM, BertForPreTraining
     from onebert.model.config import BertConfig
 
     directory = resolve_model_dir(directory)
     config = BertConfig.load(directory)
     tokenizer = load_tokenizer(directory, config)
-    model = BertForMaskedLM.from_pretrained(directory)
+    # The class the directory was saved from, so that none of its weights is reported unused.
+    architectures = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    model_class = BertForMaskedLM if "BertForMaskedLM" in architectures else BertForPreTraining
+    model = model_class.from_pretrained(directory)
     missing = [name for name in model.load_report.initialised + model.load_report.reinitialised
                if name.startswith("cls.")]
     if missing:
@@ -49,7 +54,7 @@ def fill_mask(model, tokenizer, texts: Sequence[str], top_k: int = 5, batch_size
             ids = inputs["input_ids"][row]
             positions = (ids == tokenizer.mask_token_id).nonzero().squeeze(-1).tolist()
             if not positions:
-                raise OneBertError(f"input {start + row}: no {tokenizer.mask_token} in {text[:60]!r}")
+                raise OneBertError(f"input {start + row}: no [MASK] in {text[:60]!r}")
             kept = [int(i) for i, m in zip(ids.tolist(), inputs["attention_mask"][row].tolist()) if m]
             single = len(positions) == 1
             answers = []
@@ -59,7 +64,8 @@ def fill_mask(model, tokenizer, texts: Sequence[str], top_k: int = 5, batch_size
                 for score, token in zip(top.values.tolist(), top.indices.tolist()):
                     filled = list(kept)
                     filled[position] = token
-                    row_answers.append({"score": score, "token": token, "token_str": tokenizer.decode([token]),
+                    row_answers.append({"score": score, "token": token,
+                                        "token_str": tokenizer.decode([token], skip_special_tokens=False),
                                         "sequence": tokenizer.decode(filled, skip_special_tokens=single)})
                 answers.append(row_answers)
             results.append(answers[0] if single else answers)

@@ -108,6 +108,7 @@ class Pipeline:
     def _entities(self, inputs: Any, strategy: str) -> Any:
         from onebert.infer.conventions import token_entities
         from onebert.tasks.ner import NerExample, _predict_texts_with_words, split_words
+        from onebert.tokenizer import UNK
 
         single = isinstance(inputs, str)
         texts = [inputs] if single else _as_list(inputs)
@@ -125,7 +126,7 @@ class Pipeline:
         for text, (words, spans), prediction in zip(texts, split, predictions):
             first_pieces, index, position = [], [], 1  # position 0 is [CLS]
             for word in words:
-                pieces = self.tokenizer.tokenize(word) or [self.tokenizer.unk_token]
+                pieces = self.tokenizer.tokenize(word) or [UNK]
                 first_pieces.append(pieces[0])
                 index.append(position)
                 position += len(pieces)

@@ -93,24 +93,27 @@ def test_inputs_run_in_batches_sorted_by_length(models):
 
 
 def test_output_formats_per_task(models):
+    # transformers' shapes (tests/test_pipeline_conventions.py compares them with transformers): a string
+    # gives a list of one {"label", "score"}, a pair a dict; the server's records keep "scores" (Pipeline.records).
     classification = onebert.pipeline(model=models["classification"], device="cpu")
-    result = classification("the movie was good")  # a single input gives a single output
-    assert set(result) == {"label", "score", "scores"} and result["label"] in ("neg", "pos")
-    assert result["scores"][result["label"]] == result["score"] == max(result["scores"].values())
+    [result] = classification("the movie was good")
+    assert set(result) == {"label", "score"} and result["label"] in ("neg", "pos")
+    scores = {entry["label"]: entry["score"] for entry in classification("the movie was good", top_k=None)}
+    assert scores[result["label"]] == result["score"] == max(scores.values())
     assert isinstance(classification(("a pair", "of texts")), dict)
-    assert set(onebert.pipeline(model=models["regression"], device="cpu")("good")) == {"score"}
+    assert set(onebert.pipeline(model=models["regression"], device="cpu")("good")[0]) == {"label", "score"}
 
     ner = onebert.pipeline(model=models["ner"], device="cpu")
     text = "mary works in new york , anna lives in rome and john is not very good"
-    entities = ner(text)
+    entities = ner(text, aggregation_strategy="simple")
     assert entities and ner("") == [] and ner("   ") == []
     for entity in entities:
-        assert set(entity) == {"entity", "word", "start", "end", "score"}
-        assert text[entity["start"]:entity["end"]] == entity["word"] and entity["entity"] in ("LOC", "PER")
+        assert set(entity) == {"entity_group", "word", "start", "end", "score"}
+        assert text[entity["start"]:entity["end"]] == entity["word"] and entity["entity_group"] in ("LOC", "PER")
 
     qa = onebert.pipeline(model=models["qa"], device="cpu")
     for item, answer in zip(QUESTIONS, qa(QUESTIONS)):
-        assert set(answer) == {"answer", "start", "end", "score"} and 0 <= answer["score"] <= 1
+        assert list(answer) == ["score", "start", "end", "answer"] and 0 <= answer["score"] <= 1
         if answer["answer"]:
             assert item["context"][answer["start"]:answer["end"]] == answer["answer"]
         else:

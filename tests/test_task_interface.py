@@ -82,4 +82,6 @@ def test_a_model_saved_as_classification_with_problem_type_regression_evaluates_
     from onebert.infer.pipeline import pipeline
 
     assert pipeline(model=str(old), device="cpu").task == "regression"
-    assert pipeline(task="classification", model=str(old), device="cpu")("a good film").keys() == {"score"}
+    regression = pipeline(task="classification", model=str(old), device="cpu")
+    assert regression.records(["a good film"])[0].keys() == {"score"}  # onebert's record (the server's)
+    assert regression("a good film")[0].keys() == {"label", "score"}  # transformers' shape

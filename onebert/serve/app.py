@@ -102,8 +102,9 @@ def _model_task(model_dir: Path) -> str | None:
 def _load_pipeline(model_dir: Path, task: str, settings: ServeSettings) -> Callable[[list[Any]], list[Any]]:
     from onebert.infer.pipeline import pipeline
 
-    return pipeline(task=task, model=str(model_dir), device=settings.device,
-                           batch_size=settings.max_batch_size, max_length=settings.max_length)
+    # onebert's own records (not the pipeline's transformers-shaped answers): /predict's format.
+    return pipeline(task=task, model=str(model_dir), device=settings.device, batch_size=settings.max_batch_size,
+                    max_length=settings.max_length).record_predictor()
 
 
 def _load_models(model_dir: Path, settings: ServeSettings, predictor, task: str | None, embedder):
@@ -232,7 +233,7 @@ def create_app(model_dir: str | os.PathLike, settings: ServeSettings | None = No
                embedder=None) -> FastAPI:
     """The server for one model directory.
 
-    predictor: `predictor(inputs) -> outputs` in onebert.infer.pipeline's format; default: the pipeline
+    predictor: `predictor(inputs) -> outputs` in `Pipeline.records`' format; default: the pipeline's
     for the task in config.json (`onebert.task`). task: the predictor's task when it is given
     (default: its `.task`, else config.json's). embedder: an `onebert.infer.embedder.Embedder`
     (default: one for this directory; it shares the predictor's encoder when it exposes `.model`).

@@ -99,21 +99,10 @@ def is_demo_dir(directory) -> bool:
 
 
 def _show_fill_mask(model_dir) -> None:
-    import torch
+    from onebert.infer.fill_mask import fill_mask, load_masked_lm
 
-    from onebert.model import BertForPreTraining
-    from onebert.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_pretrained(model_dir)
-    model = BertForPreTraining.from_pretrained(model_dir).eval()  # the saved heads, so nothing is reported unused
+    model, tokenizer, device = load_masked_lm(model_dir, device="cpu")
     print("\n[demo] the pretrained model fills in [MASK]:")
-    batch = tokenizer(list(_PROBES), return_tensors="pt")
-    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-    with torch.inference_mode():
-        logits = model(**inputs).prediction_logits
-    for row, probe in enumerate(_PROBES):
-        position = int((inputs["input_ids"][row] == tokenizer.mask_token_id).nonzero()[0])
-        top = logits[row, position].softmax(-1).topk(5)
-        guesses = ", ".join(f"{tok} ({p:.0%})" for tok, p in zip(tokenizer.convert_ids_to_tokens(top.indices.tolist()),
-                                                                  top.values.tolist()))
-        print(f"  {probe}\n      -> {guesses}")
+    for probe, guesses in zip(_PROBES, fill_mask(model, tokenizer, list(_PROBES), top_k=5, device=device)):
+        shown = ", ".join(f"{guess['token_str']} ({guess['score']:.0%})" for guess in guesses)
+        print(f"  {probe}\n      -> {shown}")

@@ -39,9 +39,10 @@ from onebert.infer.predictor import Predictor
 
 _UNSET: Any = object()  # "top_k not given": transformers' legacy text-classification shape
 
-# transformers' task names -> onebert's (text-classification takes regression models too).
-TASK_ALIASES = {"text-classification": "classification", "sentiment-analysis": "classification",
-                "token-classification": "ner", "question-answering": "qa"}
+# transformers' task names -> the onebert tasks they stand for (text-classification takes regression models too).
+_SEQUENCE_TASKS = ("classification", "regression")
+TASK_ALIASES = {"text-classification": _SEQUENCE_TASKS, "sentiment-analysis": _SEQUENCE_TASKS,
+                "token-classification": ("ner",), "question-answering": ("qa",)}
 
 
 class Pipeline:
@@ -76,13 +77,15 @@ class Pipeline:
         kept = self.predictor.batch_size
         self.predictor.batch_size = batch_size or kept
         try:
-            if self.task == "qa":
+            # The input shape the task takes (`Task.serve_request`, as for the server's /predict) picks the call.
+            kind = self.spec.handler.serve_request
+            if kind == "questions":
                 return self._answers(inputs, question, context, 1 if top_k is _UNSET else top_k)
             if question is not None or context is not None:
                 raise OneBertError(f"question= and context= are for question answering, not {self.task}")
-            if self.task == "ner":
+            if kind == "texts":
                 if top_k is not _UNSET:
-                    raise OneBertError("top_k is for text classification and question answering, not ner")
+                    raise OneBertError(f"top_k is for text classification and question answering, not {self.task}")
                 return self._entities(inputs, aggregation_strategy)
             return self._classify(inputs, top_k)
         finally:
@@ -242,11 +245,11 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, de
     if task == "feature-extraction":
         return FeatureExtractionPipeline(model, device=device, batch_size=batch_size, max_length=max_length,
                                          precision=precision)
-    onebert_task = TASK_ALIASES.get(task, task) if task is not None else None
+    names = TASK_ALIASES.get(task, (task,)) if task is not None else None
+    # One onebert task: Predictor.load checks it; several (text-classification): the model's own, checked here.
     loaded = Predictor.load(model, device=device, batch_size=batch_size, max_length=max_length,
-                            task=None if task in ("text-classification", "sentiment-analysis") else onebert_task,
-                            precision=precision)
-    if onebert_task == "classification" and loaded.spec.task not in ("classification", "regression"):
+                            task=names[0] if names is not None and len(names) == 1 else None, precision=precision)
+    if names is not None and loaded.spec.task not in names:
         raise OneBertError(f"{loaded.directory}: the model was fine-tuned for {loaded.spec.task}, not {task}")
     return Pipeline(loaded)
 

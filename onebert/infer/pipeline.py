@@ -249,7 +249,7 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, de
     # One onebert task: Predictor.load checks it; several (text-classification): the model's own, checked here.
     loaded = Predictor.load(model, device=device, batch_size=batch_size, max_length=max_length,
                             task=names[0] if names is not None and len(names) == 1 else None, precision=precision)
-    if names is not None and loaded.spec.task not in names:
+    if names is not None and len(names) > 1 and loaded.spec.task not in names:
         raise OneBertError(f"{loaded.directory}: the model was fine-tuned for {loaded.spec.task}, not {task}")
     return Pipeline(loaded)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -131,39 +132,85 @@ def synchronize(device: torch.device) -> None:
         getattr(torch, device.type).synchronize()
 
 
-def measure_peak_flops(device: torch.device, precision: str, repeats: int = 5) -> float:
-    """FLOP/s of a large square matmul in `precision` on `device`: the MFU denominator.
+# The sizes the peak is the best of. One size alone gave figures 2x apart on an AMX CPU from one probe to
+# the next (its kernels and its warm-up differ between 1024, 2048 and 4096); the best of several warm sizes
+# does not depend on which one happened to cross a time threshold.
+PEAK_SIZES = (1024, 2048, 4096, 8192)  # the first always; smaller ones fit in cache as no training GEMM does
+PEAK_MAX_PRODUCT_S = 0.25  # a size whose product would take longer is not timed: the whole probe stays ~1-2 s
+PEAK_SIZE_S = 0.5  # a size's timed products stop after this, once 3 of them are in
+PEAK_WARM_S = 0.1  # untimed products first, so threads, clocks and AMX tiles are up before anything counts
 
-    The matrix grows until one product takes >= 50 ms (so timer and launch overheads vanish),
-    then the best of `repeats` timed products counts: the best, because other processes on the
-    machine can only make a product slower. On a CPU the result depends on the threads torch
-    uses, which are the threads training uses.
+
+@dataclass(frozen=True)
+class PeakFlops:
+    """A measured matmul peak: FLOP/s per square size timed (the best of its repeats) and the best of those."""
+
+    device: str
+    precision: str
+    per_size: dict[int, float]
+
+    @property
+    def flops(self) -> float:
+        return max(self.per_size.values())
+
+    @property
+    def size(self) -> int:
+        return max(self.per_size, key=self.per_size.__getitem__)
+
+
+def measure_peak_flops(device: torch.device, precision: str, repeats: int = 5) -> float:
+    """FLOP/s of a large square matmul in `precision` on `device`: the MFU denominator (see `measure_peak`)."""
+    return measure_peak(device, precision, repeats).flops
+
+
+def measure_peak(device: torch.device, precision: str, repeats: int = 5,
+                 max_product_s: float = PEAK_MAX_PRODUCT_S) -> PeakFlops:
+    """The best FLOP/s of square matmuls in `precision` on `device`, over warm sizes and `repeats` each.
+
+    Sizes grow from 1024 and stop before one whose product is predicted (from the best rate so far) to take
+    more than `max_product_s`, or past 8192. Each size is warmed by untimed products; the best, because
+    other processes can only make a product slower, and the best over sizes, because the fastest size
+    differs between machines and libraries. Each size gets `repeats` timed products, or 3 where more would
+    take over 0.5 s. On a CPU the result depends on the threads torch uses, which are the threads training
+    uses.
     """
     dtype = DTYPES[precision]
-    size, seconds = 256, 0.0
+    per_size: dict[int, float] = {}
     devices = [device] if device.type in ("cuda", "xpu") else []
     with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
         # The random operands must not advance the training RNG: a resumed run would diverge.
-        while True:
+        for size in PEAK_SIZES:
+            if per_size and 2.0 * size**3 / max(per_size.values()) > max_product_s:
+                break
             a = torch.randn(size, size, device=device).to(dtype)
             b = torch.randn(size, size, device=device).to(dtype)
-            seconds = _best_matmul_time(a, b, device, repeats=1)
-            if seconds >= 0.05 or size >= 8192:
-                break
-            size *= 2
-    seconds = min(seconds, _best_matmul_time(a, b, device, repeats=repeats))
-    return 2.0 * size**3 / seconds
+            _warm_up(a, b, device, PEAK_WARM_S if not per_size else 0.0)
+            per_size[size] = 2.0 * size**3 / _best_matmul_time(a, b, device, repeats=max(repeats, 1))
+    return PeakFlops(device.type, precision, per_size)
+
+
+def _warm_up(a: torch.Tensor, b: torch.Tensor, device: torch.device, seconds: float) -> None:
+    """Untimed products until `seconds` have passed: at least one (kernel selection, allocator, packing),
+    two where one is short (< 50 ms; a longer one warms itself), at most 1000."""
+    start, products = time.perf_counter(), 0
+    while products < 1000:
+        elapsed = time.perf_counter() - start
+        if products >= 1 and elapsed >= seconds and (products >= 2 or elapsed >= 0.05):
+            break
+        torch.matmul(a, b)
+        synchronize(device)
+        products += 1
 
 
 def _best_matmul_time(a: torch.Tensor, b: torch.Tensor, device: torch.device, repeats: int) -> float:
-    torch.matmul(a, b)  # first call: kernel selection, allocator warm-up
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    best, start = float("inf"), time.perf_counter()
+    for done in range(repeats):
+        if done >= 3 and time.perf_counter() - start > PEAK_SIZE_S:
+            break
+        product_start = time.perf_counter()
         torch.matmul(a, b)
         synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.perf_counter() - product_start)
     return best
 
 

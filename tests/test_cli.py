@@ -31,6 +31,25 @@ def test_info_on_real_checkpoint_prints_json(minilm_dir, capsys):
     assert info["parameters"] == 22_713_216 and info["layers"] == 6 and info["weight_dtypes"] == ["float32"]
 
 
+def test_info_peak_reports_the_matmul_peak_per_precision_with_its_sizes(minilm_dir, capsys, monkeypatch):
+    """Only with --peak (a probe of 1-3 s); the probe itself is tested in test_runtime."""
+    from onebert import runtime
+
+    measured = []
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: runtime.torch.device("cpu"))
+    monkeypatch.setattr(runtime, "measure_peak", lambda device, precision: measured.append(precision) or
+                        runtime.PeakFlops("cpu", precision, {1024: 1.0e11, 2048: 0.9e11}))
+    assert main(["info", str(minilm_dir), "--json", "--peak"]) == 0
+    peaks = json.loads(capsys.readouterr().out)["peak_gflops"]
+    assert measured[0] == "fp32" and len(measured) == len(set(measured))
+    assert peaks["device"] == "cpu" and peaks["fp32"] == {"gflops": 100.0, "per_size": {"1024": 100.0, "2048": 90.0}}
+    assert main(["info", str(minilm_dir), "--peak"]) == 0
+    assert "fp32 100.0" in capsys.readouterr().out
+    measured.clear()
+    assert main(["info", str(minilm_dir), "--json"]) == 0
+    assert "peak_gflops" not in json.loads(capsys.readouterr().out) and measured == []
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

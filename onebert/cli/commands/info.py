@@ -13,6 +13,24 @@ HELP = "print a model directory's config, parameter count, task and files"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="DIR", help="a model directory (config.json + weights), or a run directory (its best/, else final/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--peak", action="store_true",
+                        help="also measure this machine's matmul peak, the MFU denominator of training on the auto "
+                             "device, in fp32 and in the precision training picks there (1-3 s more)")
+
+
+def _peaks() -> dict:
+    """The matmul peak per precision training would use here, with its per-size figures (GFLOP/s)."""
+    import torch
+
+    from onebert import runtime
+
+    device = runtime.resolve_device("auto")
+    peaks = {"device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    for precision in dict.fromkeys(("fp32", runtime.resolve_precision("auto", device))):
+        peak = runtime.measure_peak(device, precision)
+        peaks[precision] = {"gflops": round(peak.flops / 1e9, 1),
+                            "per_size": {size: round(flops / 1e9, 1) for size, flops in peak.per_size.items()}}
+    return peaks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         "head_modules": heads,
         "files": sorted(p.name for p in directory.iterdir() if p.is_file()),
     }
+    if args.peak:
+        info["peak_gflops"] = _peaks()
     if args.json:
         print(json.dumps(info))
         return 0
@@ -55,5 +75,16 @@ def run(args: argparse.Namespace) -> int:
             value = f"{value:,} ({value / 1e6:.1f}M)"
         elif isinstance(value, list):
             value = ", ".join(map(str, value))
+        elif key == "peak_gflops":
+            value = _describe_peaks(value)
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _describe_peaks(peaks: dict) -> str:
+    """'fp32 95.0, bf16 214.1 GFLOP/s on cpu, 1 thread (best of sizes 1024: 95.0, 2048: 91.2 | ...)'."""
+    precisions = [p for p in peaks if p not in ("device", "threads")]
+    where = peaks["device"] + (f", {peaks['threads']} thread(s)" if peaks["threads"] else "")
+    sizes = " | ".join(f"{p} " + ", ".join(f"{n}: {g}" for n, g in peaks[p]["per_size"].items()) for p in precisions)
+    return (", ".join(f"{p} {peaks[p]['gflops']}" for p in precisions)
+            + f" GFLOP/s on {where} (best of sizes {sizes})")

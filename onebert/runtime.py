@@ -135,8 +135,10 @@ def synchronize(device: torch.device) -> None:
 # The sizes the peak is the best of. One size alone gave figures 2x apart on an AMX CPU from one probe to
 # the next (its kernels and its warm-up differ between 1024, 2048 and 4096); the best of several warm sizes
 # does not depend on which one happened to cross a time threshold.
-PEAK_SIZES = (1024, 2048, 4096, 8192)  # the first always; smaller ones fit in cache as no training GEMM does
-PEAK_MAX_PRODUCT_S = 0.25  # a size whose product would take longer is not timed: the whole probe stays ~1-2 s
+PEAK_SIZES = (1024, 2048, 4096, 8192)  # none smaller: those fit in cache as no training GEMM does
+# 1024 and 2048 are always timed (unless 2048 would take > 1 s: a slow device), so a busy machine, which
+# slows the first size, does not change the set; larger sizes only while one product would take <= 0.25 s.
+PEAK_ALWAYS, PEAK_SLOW_S, PEAK_MAX_PRODUCT_S = 2, 1.0, 0.25
 PEAK_SIZE_S = 0.5  # a size's timed products stop after this, once 3 of them are in
 PEAK_WARM_S = 0.1  # untimed products first, so threads, clocks and AMX tiles are up before anything counts
 
@@ -164,23 +166,24 @@ def measure_peak_flops(device: torch.device, precision: str, repeats: int = 5) -
 
 
 def measure_peak(device: torch.device, precision: str, repeats: int = 5,
-                 max_product_s: float = PEAK_MAX_PRODUCT_S) -> PeakFlops:
+                 sizes: tuple[int, ...] = PEAK_SIZES) -> PeakFlops:
     """The best FLOP/s of square matmuls in `precision` on `device`, over warm sizes and `repeats` each.
 
-    Sizes grow from 1024 and stop before one whose product is predicted (from the best rate so far) to take
-    more than `max_product_s`, or past 8192. Each size is warmed by untimed products; the best, because
-    other processes can only make a product slower, and the best over sizes, because the fastest size
-    differs between machines and libraries. Each size gets `repeats` timed products, or 3 where more would
-    take over 0.5 s. On a CPU the result depends on the threads torch uses, which are the threads training
-    uses.
+    Of `sizes`, the first two are timed (the second not where it would take over 1 s: a slow device), then
+    larger ones while one product is predicted, from the best rate so far, to take at most 0.25 s. Each size
+    is warmed by untimed products, then gets `repeats` timed products (3 where more would take over 0.5 s).
+    The best of them counts, because other processes can only make a product slower; the best over sizes,
+    because the fastest size differs between machines and libraries. On a CPU the result depends on the
+    threads torch uses, which are the threads training uses.
     """
     dtype = DTYPES[precision]
     per_size: dict[int, float] = {}
     devices = [device] if device.type in ("cuda", "xpu") else []
     with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
         # The random operands must not advance the training RNG: a resumed run would diverge.
-        for size in PEAK_SIZES:
-            if per_size and 2.0 * size**3 / max(per_size.values()) > max_product_s:
+        for index, size in enumerate(sizes):
+            budget = PEAK_SLOW_S if index < PEAK_ALWAYS else PEAK_MAX_PRODUCT_S
+            if per_size and 2.0 * size**3 / max(per_size.values()) > budget:
                 break
             a = torch.randn(size, size, device=device).to(dtype)
             b = torch.randn(size, size, device=device).to(dtype)

@@ -107,20 +107,25 @@ def test_the_peak_is_the_best_of_several_sizes_not_the_first_that_takes_long_eno
     assert runtime.measure_peak_flops(CPU, "bf16") == 2.4e12
 
 
-def test_the_sizes_stop_where_one_product_would_outrun_the_budget_but_the_first_is_always_timed(fake_rates):
-    fake_rates.update({1024: 1.0e10, 2048: 1.0e10})  # 0.21 s for 1024, 1.7 s predicted for 2048
-    assert list(runtime.measure_peak(CPU, "fp32").per_size) == [1024]
-    fake_rates.update({1024: 1.0e11, 2048: 1.0e11})  # 2048 takes 0.17 s: timed; 4096 (1.4 s) is not
+def test_1024_and_2048_are_always_timed_and_larger_sizes_only_within_the_budget(fake_rates):
+    """So that load, which slows the first size, does not change which sizes count (it did at 2 threads)."""
+    fake_rates.update({1024: 1.0e11, 2048: 1.0e11})  # 2048 takes 0.17 s; 4096 would take 1.4 s: not timed
     assert list(runtime.measure_peak(CPU, "fp32").per_size) == [1024, 2048]
+    fake_rates.update({1024: 3.0e10, 2048: 1.0e11})  # a busy machine: 2048 predicted at 0.57 s, timed all the same
+    assert list(runtime.measure_peak(CPU, "fp32").per_size) == [1024, 2048]
+    fake_rates.update({1024: 1.0e10})  # a slow device: 2048 would take 1.7 s, over 1 s
+    assert list(runtime.measure_peak(CPU, "fp32").per_size) == [1024]
 
 
 def test_measuring_the_peak_does_not_advance_the_training_rng():
     """A resumed run draws the same masks and dropout as the uninterrupted one only if the probe draws nothing."""
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    peak = runtime.measure_peak(CPU, "fp32", repeats=1, max_product_s=0.0)
+    peak = runtime.measure_peak(CPU, "fp32", repeats=1)
     assert torch.equal(torch.get_rng_state(), state)
-    assert list(peak.per_size) == [1024] and peak.flops > 0
+    assert tuple(peak.per_size) == runtime.PEAK_SIZES[:len(peak.per_size)]  # how many: load decides (5x: one)
+    # The best of sizes bounds the largest size's figure: arithmetic, which no load can move.
+    assert peak.flops == max(peak.per_size.values()) >= peak.per_size[max(peak.per_size)]
 
 
 def _native_bf16_cpu() -> bool:
@@ -130,22 +135,17 @@ def _native_bf16_cpu() -> bool:
 
 
 @pytest.mark.skipif(not _native_bf16_cpu(), reason="needs a CPU with AVX512-BF16 or AMX")
-def test_two_probes_rank_bf16_above_fp32_alike_and_the_best_bounds_every_size(one_thread):
+def test_two_probes_rank_bf16_above_fp32_alike(one_thread):
     """Stability that does not flake under load: ranks, not times.
 
     The figures themselves move with whatever else runs, so no tolerance on them is safe. What is asserted
-    is the order (bf16 >= 2x fp32 on these CPUs; 2.2x measured on an EPYC with AVX512-BF16, ~10x with AMX)
+    is the order (bf16 >= 2x fp32 on these CPUs; 2.2x measured on an EPYC with AVX512-BF16, more with AMX)
     in two probes taken back to back, fp32 and bf16 interleaved. Load that stays the same slows both sides
     of a probe alike (one thread: by the test's share of one core) and keeps the order; to swap it, the
     share would have to drop by more than 2x between two sub-probes 0.2 s apart and stay down through
-    every one of the bf16 side's timed products, the best of which counts. That the best is the maximum
-    over the sizes timed is arithmetic, true whatever the load.
+    every one of the bf16 side's timed products, the best of which counts. (One size, 1024, keeps the test
+    short; that the best is the maximum over several sizes is arithmetic, tested above.)
     """
-    probes = []
-    for _ in range(2):
-        probes.append({p: runtime.measure_peak(CPU, p, repeats=5, max_product_s=0.05) for p in ("fp32", "bf16")})
+    probes = [{p: runtime.measure_peak(CPU, p, sizes=(1024,)) for p in ("fp32", "bf16")} for _ in range(2)]
     for probe in probes:
         assert probe["bf16"].flops > probe["fp32"].flops, {p: m.per_size for p, m in probe.items()}
-        for peak in probe.values():
-            assert peak.flops == max(peak.per_size.values()) >= peak.per_size[max(peak.per_size)]
-            assert tuple(peak.per_size) == runtime.PEAK_SIZES[:len(peak.per_size)]

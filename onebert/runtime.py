@@ -139,7 +139,7 @@ PEAK_SIZES = (1024, 2048, 4096, 8192)  # none smaller: those fit in cache as no 
 # 1024 and 2048 are always timed (unless 2048 would take > 1 s: a slow device), so a busy machine, which
 # slows the first size, does not change the set; larger sizes only while one product would take <= 0.25 s.
 PEAK_ALWAYS, PEAK_SLOW_S, PEAK_MAX_PRODUCT_S = 2, 1.0, 0.25
-PEAK_SIZE_S = 0.5  # a size's timed products stop after this, once 3 of them are in
+PEAK_SIZE_S = 1.0  # a size's timed products stop after this, once 3 of them are in
 PEAK_WARM_S = 0.1  # untimed products first, so threads, clocks and AMX tiles are up before anything counts
 
 
@@ -171,7 +171,7 @@ def measure_peak(device: torch.device, precision: str, repeats: int = 5,
 
     Of `sizes`, the first two are timed (the second not where it would take over 1 s: a slow device), then
     larger ones while one product is predicted, from the best rate so far, to take at most 0.25 s. Each size
-    is warmed by untimed products, then gets `repeats` timed products (3 where more would take over 0.5 s).
+    is warmed by untimed products, then gets `repeats` timed products (3 where more would take over 1 s).
     The best of them counts, because other processes can only make a product slower; the best over sizes,
     because the fastest size differs between machines and libraries. On a CPU the result depends on the
     threads torch uses, which are the threads training uses.

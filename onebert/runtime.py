@@ -132,9 +132,9 @@ def synchronize(device: torch.device) -> None:
         getattr(torch, device.type).synchronize()
 
 
-# The sizes the peak is the best of. One size alone gave figures 2x apart on an AMX CPU from one probe to
-# the next (its kernels and its warm-up differ between 1024, 2048 and 4096); the best of several warm sizes
-# does not depend on which one happened to cross a time threshold.
+# The sizes the peak is the best of. One size alone (the first whose product took 50 ms) gave 900-1,300 and
+# 2,240-2,623 GFLOP/s bf16 in two probes on an AMX CPU (issue 14): AMX kernels and their warm-up differ between
+# 1024, 2048 and 4096. The best of several warm sizes does not depend on which size crossed a threshold.
 PEAK_SIZES = (1024, 2048, 4096, 8192)  # none smaller: those fit in cache as no training GEMM does
 # 1024 and 2048 are always timed (unless 2048 would take > 1 s: a slow device), so a busy machine, which
 # slows the first size, does not change the set; larger sizes only while one product would take <= 0.25 s.

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe_peaks(peaks: dict) -> str:
-    """'fp32 95.0, bf16 214.1 GFLOP/s on cpu, 1 thread (best of sizes 1024: 95.0, 2048: 91.2 | ...)'."""
+    """'fp32 95.0, bf16 214.1 GFLOP/s on cpu, 1 thread(s) (best of sizes fp32 1024: 95.0, 2048: 91.2 | bf16 ...)'."""
     precisions = [p for p in peaks if p not in ("device", "threads")]
     where = peaks["device"] + (f", {peaks['threads']} thread(s)" if peaks["threads"] else "")
     sizes = " | ".join(f"{p} " + ", ".join(f"{n}: {g}" for n, g in peaks[p]["per_size"].items()) for p in precisions)

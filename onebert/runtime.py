@@ -82,8 +82,12 @@ def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> 
 
 
 def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16: bf16 products in hardware. (oneDNN's own `_is_mkldnn_bf16_supported`
+    also says yes on Skylake/Cascade Lake, which only have AVX512 BW/VL/DQ and emulate bf16 at a
+    fraction of fp32's speed, so it would make auto pick the slower format there.)"""
+    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -9,6 +9,14 @@ import pytest
 
 # Two cores are shared by everything on the CI machine: keep torch from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Inference runs on PyTorch unless a test asks for a runtime (tests/test_engines.py tests `auto` itself): the
+# suite's outputs are compared with transformers', and the choice `auto` measures would differ run to run.
+os.environ["ONEBERT_RUNTIME"] = "torch"
+# Exports and measured choices go to a directory of this run, never the user's ~/.cache/onebert.
+if "ONEBERT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["ONEBERT_CACHE_DIR"] = tempfile.mkdtemp(prefix="onebert-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -15,11 +15,20 @@ import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")  # onebert.infer.engines.RUNTIMES (this module imports no torch)
 DEVICE_KINDS = ("auto", "cpu", "cuda", "xpu", "mps")
 DEVICE_HELP = "where to run: auto (cuda, else xpu, else mps, else cpu), cpu, cuda, cuda:N, xpu, xpu:N or mps"
 PRECISION_HELP = ("number format of the forward pass: auto (on a GPU bf16, or fp16 without it; on a CPU bf16 "
                   "autocast for training where the CPU has native bf16, fp32 for inference so outputs equal "
                   "the reference's), fp32, bf16 or fp16 (CUDA/XPU only)")
+INFERENCE_PRECISION_HELP = (
+    "number format of the model: auto (on a GPU bf16; on a CPU the faster of fp32 and, where the CPU has "
+    "native bf16, bf16, measured on this machine for this model; embeddings stay fp32), fp32, bf16, fp16 "
+    "(CUDA/XPU) or int8 (CPU: dynamic int8 quantization on onnxruntime)")
+RUNTIME_HELP = ("what runs the model: auto (the fastest of those installed here, measured once per machine and "
+                "model shape and remembered in ~/.cache/onebert, or $ONEBERT_RUNTIME when set), torch, onnxruntime "
+                "or openvino (the model's ONNX export, made once and cached; CPU only)")
 
 
 def check_device(text: str) -> str:
@@ -35,14 +44,18 @@ def check_device(text: str) -> str:
 
 
 def add_runtime_options(parser: argparse.ArgumentParser | Any, *, precision: bool = True, compile: bool = False,
-                        bf16_alias: bool = False) -> None:
+                        bf16_alias: bool = False, inference: bool = False) -> None:
     """--device (every command that loads a model), --precision (one default, auto, everywhere), --compile.
 
+    `inference`: the inference commands' --precision (int8 too) and --runtime (onebert.infer.engines).
     `bf16_alias` keeps the old --bf16 flag of the commands that had it, as a deprecated spelling of
     --precision bf16 (resolved by `finish_runtime_options` after parsing)."""
     parser.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     if precision:
-        parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+        parser.add_argument("--precision", choices=INFERENCE_PRECISIONS if inference else PRECISIONS, default="auto",
+                            help=INFERENCE_PRECISION_HELP if inference else PRECISION_HELP)
+    if inference:
+        parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     if bf16_alias:
         parser.add_argument("--bf16", action="store_true", help="deprecated: the same as --precision bf16")
     if compile:

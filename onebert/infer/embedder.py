@@ -26,7 +26,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -115,14 +115,17 @@ class Embedder:
 
     pooling / normalize: None follows the checkpoint (a sentence-transformers directory's modules.json,
     1_Pooling and Normalize module; else mean pooling without normalisation). device: auto, cpu, cuda,
-    cuda:1, ...; precision: fp32, bf16, fp16 or auto, as `onebert predict` (autocast for the encoder;
-    pooling and normalising stay float32).
+    cuda:1, ...; precision: fp32, bf16, fp16, int8 or auto (fp32 on a CPU, so vectors equal
+    sentence-transformers'), runtime: auto, torch, onnxruntime or openvino, as `onebert predict`
+    (onebert.infer.engines; pooling and normalising stay float32 whichever runs the encoder).
     """
 
     def __init__(self, model_or_dir: str | os.PathLike | "BertPreTrainedModel", *, pooling: str | None = None,
                  normalize: bool | None = None, tokenizer: "Tokenizer | None" = None, max_length: int | None = None,
-                 device: str | None = "auto", precision: str = "fp32") -> None:
-        from onebert import runtime
+                 device: str | None = "auto", precision: str = "fp32", runtime: str = "auto",
+                 log: "Callable[[str], None] | None" = None) -> None:
+        from onebert import runtime as runtimes
+        from onebert.infer import engines
         from onebert.model import BertModel, BertPreTrainedModel
         from onebert.tokenizer import Tokenizer
 
@@ -141,13 +144,16 @@ class Embedder:
                 raise OneBertError("embed: pass tokenizer= when giving a model object instead of a directory")
             tokenizer = Tokenizer.from_pretrained(directory)
         tokenizer.check_fits(model.config, where=str(directory or "model"))
-        self.device = runtime.resolve_device(device)
-        self.precision = runtime.resolve_precision(precision, self.device, "inference")
-        self.model: BertModel = model.to(self.device).eval()
+        self.device = runtimes.resolve_device(device)
+        self.torch_model: BertModel = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = declared.normalize if normalize is None else normalize
         self.max_length = _max_length(model, tokenizer, max_length, declared.max_length)
+        engine = engines.select(self.torch_model, self.device, runtime=runtime, precision=precision,
+                                purpose="embeddings", batch_size=32, length=min(self.max_length, 32), log=log)
+        self.model = engine.model  # the encoder, or its export (same calling convention, same outputs)
+        self.precision, self.runtime, self.engine_reason = engine.precision, engine.runtime, engine.reason
         self.dimension = model.config.hidden_size
 
     @classmethod
@@ -185,8 +191,12 @@ class Embedder:
         return vectors[0] if single else vectors
 
     def autocast(self):
+        import contextlib
+
         from onebert import runtime
 
+        if self.runtime != "torch":
+            return contextlib.nullcontext()  # an export computes in the precision it was compiled for
         return runtime.autocast(self.device, self.precision)
 
     def encode_result(self, texts: Sequence[str], batch_size: int = 32, progress: bool | None = False, *,

@@ -168,6 +168,7 @@ class RecordPredictor:
     def __init__(self, pipe: Pipeline):
         self.pipeline = pipe
         self.task, self.model, self.tokenizer, self.spec = pipe.task, pipe.model, pipe.tokenizer, pipe.spec
+        self.torch_model = pipe.predictor.torch_model  # what the server's embedder shares, whatever runs `model`
 
     def __call__(self, items: Sequence[Any]) -> list[Any]:
         return self.pipeline.records(items)
@@ -180,12 +181,12 @@ class FeatureExtractionPipeline:
     task = "feature-extraction"
 
     def __init__(self, directory: str | os.PathLike, device: str = "auto", batch_size: int = 32,
-                 max_length: int | None = None, precision: str = "fp32"):
+                 max_length: int | None = None, precision: str = "fp32", runtime: str = "auto"):
         from onebert.infer.embedder import Embedder
         from onebert.infer.predictor import resolve_model_dir
 
         self.embedder = Embedder(resolve_model_dir(directory), device=device, max_length=max_length,
-                                 precision=precision)
+                                 precision=precision, runtime=runtime)
         self.model, self.tokenizer, self.batch_size = self.embedder.model, self.embedder.tokenizer, batch_size
 
     def __call__(self, inputs: str | Sequence[str], batch_size: int | None = None) -> Any:
@@ -228,13 +229,15 @@ def _refuse_surrogates(i: int, item: Any) -> None:
 
 
 def pipeline(task: str | None = None, model: str | os.PathLike | None = None, device: str = "auto",
-             batch_size: int = 32, max_length: int | None = None, precision: str = "fp32", top_k: int = 5) -> Any:
+             batch_size: int = 32, max_length: int | None = None, precision: str = "fp32", top_k: int = 5,
+             runtime: str = "auto") -> Any:
     """Load a model directory (or a run directory: its best/, else final/ model) for inference.
 
     task: transformers' name or onebert's (see the module docstring); None reads it from the fine-tuned
     model (an explicit task must match the model's). fill-mask and feature-extraction take a pretraining
     output or any encoder; the rest a fine-tuned model. max_length: tokens per sequence (default: the model's
-    fine-tuning max_seq_length). top_k: fill-mask's default number of answers per [MASK].
+    fine-tuning max_seq_length). top_k: fill-mask's default number of answers per [MASK]. precision / runtime:
+    as `onebert predict --precision / --runtime` (onebert.infer.engines; fill-mask runs on torch).
     """
     if model is None:
         raise OneBertError("pipeline: give model=DIR, a model directory")
@@ -244,11 +247,12 @@ def pipeline(task: str | None = None, model: str | os.PathLike | None = None, de
         return FillMaskPipeline(model, device=device, batch_size=batch_size, top_k=top_k)
     if task == "feature-extraction":
         return FeatureExtractionPipeline(model, device=device, batch_size=batch_size, max_length=max_length,
-                                         precision=precision)
+                                         precision=precision, runtime=runtime)
     names = TASK_ALIASES.get(task, (task,)) if task is not None else None
     # One onebert task: Predictor.load checks it; several (text-classification): the model's own, checked here.
     loaded = Predictor.load(model, device=device, batch_size=batch_size, max_length=max_length,
-                            task=names[0] if names is not None and len(names) == 1 else None, precision=precision)
+                            task=names[0] if names is not None and len(names) == 1 else None, precision=precision,
+                            runtime=runtime)
     if names is not None and len(names) > 1 and loaded.spec.task not in names:
         raise OneBertError(f"{loaded.directory}: the model was fine-tuned for {loaded.spec.task}, not {task}")
     return Pipeline(loaded)

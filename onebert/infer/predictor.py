@@ -79,12 +79,19 @@ class Predictor:
     precision: str = "fp32"
     directory: Path | None = None
     progress: bool = False  # a progress bar on a terminal (the commands; not the pipeline)
+    runtime: str = "torch"  # where `model` runs: torch, or an export on onnxruntime / openvino (engines.py)
+    engine_reason: str = ""  # why that runtime and precision (auto: what was measured)
+    torch_model: Any = None  # the PyTorch model (`model` itself under torch; the export's source otherwise)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
-             max_length: int | None = None, task: str | None = None, precision: str = "fp32") -> "Predictor":
+             max_length: int | None = None, task: str | None = None, precision: str = "fp32",
+             runtime: str = "auto", log: Callable[[str], None] | None = None) -> "Predictor":
+        """precision / runtime: see onebert.infer.engines (auto: the fastest measured on this machine;
+        precision auto adds bf16 where the CPU has it). log: where to say what is exported (None: quiet)."""
+        from onebert.infer import engines
         from onebert.model.config import BertConfig
-        from onebert import runtime
+        from onebert import runtime as runtimes
 
         directory = resolve_model_dir(model_dir)
         config = BertConfig.load(directory)
@@ -107,14 +114,19 @@ class Predictor:
         if missing:
             raise OneBertError(f"{directory}: the checkpoint has no trained {spec.task} head "
                                f"({', '.join(missing[:4])} missing); fine-tune it with `onebert finetune` first")
-        torch_device = runtime.resolve_device(device)
+        torch_device = runtimes.resolve_device(device)
         model.to(torch_device).eval()
-        return cls(model=model, tokenizer=tokenizer, spec=spec, device=torch_device, batch_size=batch_size,
-                   precision=runtime.resolve_precision(precision, torch_device, "inference"), directory=directory)
+        engine = engines.select(model, torch_device, runtime=runtime, precision=precision, purpose="predictions",
+                                batch_size=batch_size, length=typical_length(spec), log=log)
+        return cls(model=engine.model, tokenizer=tokenizer, spec=spec, device=torch_device, batch_size=batch_size,
+                   precision=engine.precision, directory=directory, runtime=engine.runtime,
+                   engine_reason=engine.reason, torch_model=model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         from onebert import runtime
 
+        if self.runtime != "torch":
+            return contextlib.nullcontext()  # an export computes in the precision it was compiled for
         return runtime.autocast(self.device, self.precision)
 
     def predict(self, examples: Sequence[Any]) -> list[Any]:
@@ -129,6 +141,11 @@ class Predictor:
     def evaluate(self, examples: Sequence[Any]) -> tuple[dict[str, Any], list[Any]]:
         predictions = self.predict(examples)
         return score(self.spec, predictions, examples), predictions
+
+
+def typical_length(spec: TaskSpec) -> int:
+    """The sequence length that the runtime choice is timed at: QA windows are full, sentences short."""
+    return spec.max_seq_length if spec.handler.fills_windows else min(spec.max_seq_length, 64)
 
 
 # ---------------------------------------------------------------------- the three steps

@@ -69,6 +69,8 @@ class ServeSettings:
     max_body_bytes: int = 4 * 2**20
     request_timeout_s: float = 60.0
     device: str = "auto"
+    precision: str = "auto"  # and runtime: as `onebert predict` (onebert.infer.engines); embeddings stay fp32 under auto
+    runtime: str = "auto"
     max_windows: int = 256  # model sequences (NER/QA windows) per request: one request's share of the model
     max_connections: int = 512  # open connections; more are answered 503 and closed (file descriptors are finite)
     client_timeout_s: float = 10.0  # to send a whole request (headers and body), from connect or the last response
@@ -104,7 +106,8 @@ def _load_pipeline(model_dir: Path, task: str, settings: ServeSettings) -> Calla
 
     # onebert's own records (not the pipeline's transformers-shaped answers): /predict's format.
     return pipeline(task=task, model=str(model_dir), device=settings.device, batch_size=settings.max_batch_size,
-                    max_length=settings.max_length).record_predictor()
+                    max_length=settings.max_length, precision=settings.precision,
+                    runtime=settings.runtime).record_predictor()
 
 
 def _load_models(model_dir: Path, settings: ServeSettings, predictor, task: str | None, embedder):
@@ -124,14 +127,15 @@ def _load_models(model_dir: Path, settings: ServeSettings, predictor, task: str 
         if task not in TASKS:
             raise OneBertError(f"serve: the predictor's task must be one of {', '.join(TASKS)}, got {task!r}")
     if embedder is None:
-        shared = getattr(predictor, "model", None)
+        shared = getattr(predictor, "torch_model", None) or getattr(predictor, "model", None)
         declared = checkpoint_settings(model_dir)
         if isinstance(shared, BertPreTrainedModel):
             embedder = Embedder(shared, pooling=declared.pooling, normalize=declared.normalize,
                                 tokenizer=Tokenizer.from_pretrained(model_dir), max_length=settings.max_length,
-                                device=settings.device)
+                                device=settings.device, precision=settings.precision, runtime=settings.runtime)
         else:
-            embedder = Embedder.from_checkpoint(model_dir, max_length=settings.max_length, device=settings.device)
+            embedder = Embedder.from_checkpoint(model_dir, max_length=settings.max_length, device=settings.device,
+                                                precision=settings.precision, runtime=settings.runtime)
     return task, predictor, embedder
 
 

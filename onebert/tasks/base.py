@@ -40,6 +40,9 @@ class Task:
     data_formats: ClassVar[tuple[str, ...]] = ()  # the labelled-data formats `read` takes (`--format` of finetune)
     serve_request: ClassVar[str] = "texts"  # the /predict body shape, a key of onebert.serve.routes' table
     plots: ClassVar[bool] = False  # `onebert evaluate --plots` draws this task's results
+    # Inputs fill the model's length (QA's question + context windows) rather than being short sentences:
+    # the inference runtime is timed at that length (onebert.infer.engines.select).
+    fills_windows: ClassVar[bool] = False
 
     def __init__(self, spec):
         self.spec = spec

@@ -299,6 +299,7 @@ class QATask(Task):
     input_formats = ("squad", "jsonl", "json", "parquet", "datasets")
     data_formats = ("squad", "jsonl", "json", "parquet", "datasets")
     serve_request = "questions"
+    fills_windows = True
 
     @classmethod
     def labels_from_config(cls, config) -> None:

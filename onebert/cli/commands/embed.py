@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-length", "--max-length", type=ranges.TEXT_LENGTH, default=None, dest="max_length",
                         metavar="N", help="cut texts to this many tokens (default: the model's limit); "
                                           "--max-length is the same option")
-    add_runtime_options(parser)
+    add_runtime_options(parser, inference=True)
     parser.add_argument("--no-progress", "--quiet", action="store_true", dest="no_progress",
                         help="do not show a progress bar (--quiet is the same option)")
 
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from onebert.infer.embedder import Embedder
+    from onebert.infer.engines import stderr_log
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_path, check_output_file, is_embedding_array
 
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise OneBertError(f"{args.input}: no lines to embed")
     embedder = Embedder(args.model, pooling=args.pooling, normalize=args.normalize, max_length=args.max_length,
-                        device=args.device, precision=args.precision)
+                        device=args.device, precision=args.precision, runtime=args.runtime, log=stderr_log)
+    stderr_log(f"embed: {embedder.runtime} {embedder.precision}"
+               + (f" ({embedder.engine_reason})" if embedder.engine_reason else ""))
     result = embedder.encode_result(texts, batch_size=args.batch_size, progress=False if args.no_progress else None)
     with atomic_path(args.output) as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.save would append .npy to a bare temp name

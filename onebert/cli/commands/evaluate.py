@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a confusion matrix (classification) or per-entity scores (ner) as PNG here "
                              "(confusion_matrix.png / entity_scores.png; an existing one is replaced only if "
                              "it is a PNG)")
-    add_runtime_options(parser, bf16_alias=True)
+    add_runtime_options(parser, bf16_alias=True, inference=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
+    from onebert.infer.engines import stderr_log
     from onebert.infer.predictor import Predictor
 
     for name in ("model", "data"):
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         from onebert.eval_plots import check_plot_dir
 
         check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                               runtime=args.runtime, log=stderr_log)
+    stderr_log(f"evaluate: {predictor.runtime} {predictor.precision}" + (f" ({predictor.engine_reason})" if predictor.engine_reason else ""))
     predictor.progress = True
     spec = predictor.spec
     if args.null_threshold is not None:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=ranges.POSITIVE_INT, default=64, help="sequences per batch")
     parser.add_argument("--text-column", default=None, help="classification tables: text column")
     parser.add_argument("--text-pair-column", default=None, help="classification tables: second text column")
-    add_runtime_options(parser, bf16_alias=True)
+    add_runtime_options(parser, bf16_alias=True, inference=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_write_text, check_output_file, is_json_lines
+    from onebert.infer.engines import stderr_log
     from onebert.infer.predictor import Predictor
 
     for name in ("model", "input"):
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":  # checked before the model is loaded: never the input, never a file of the user's
         check_output_file(args.output, "--output", inputs=[args.input, args.model], made_by_onebert=is_json_lines,
                           kind="JSON-lines predictions file")
-    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
+                               runtime=args.runtime, log=stderr_log)
+    stderr_log(f"predict: {predictor.runtime} {predictor.precision}" + (f" ({predictor.engine_reason})" if predictor.engine_reason else ""))
     predictor.progress = True
     start = time.perf_counter()
     if args.input == "-":

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-timeout", type=ranges.REQUEST_TIMEOUT, default=10.0, metavar="SECONDS",
                         help="time a client has to send a whole request (headers and body), from connecting "
                              "or from the previous response; a slower one gets 408 and is disconnected")
-    add_runtime_options(parser, precision=False)
+    add_runtime_options(parser, inference=True)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="server log verbosity")
 
@@ -73,12 +73,27 @@ def run(args: argparse.Namespace) -> int:
                              max_queue=args.max_queue, max_length=args.max_length, max_texts=args.max_texts,
                              max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes,
                              request_timeout_s=args.request_timeout, device=args.device,
+                             precision=args.precision, runtime=args.runtime,
                              max_windows=args.max_windows, max_connections=args.max_connections,
                              client_timeout_s=args.client_timeout)
     sock = listen(args.host, args.port)  # a bad or busy port fails now, not after loading the model
     app = create_app(args.model, settings)
     routes = "/predict, /embed" if "predict" in app.state.batchers else "/embed (no task head: no /predict)"
+    print(engine_line(app.state.serve), flush=True)
     print(f"serving {args.model} at http://{args.host}:{args.port}: {routes}, /health, /ready, /metrics; "
           f"docs at /docs", flush=True)
     serve_forever(app, host=args.host, port=args.port, log_level=args.log_level, sock=sock)
     return 0
+
+
+def engine_line(state) -> str:
+    """What runs each endpoint's model (runtime and precision, and why when auto chose)."""
+    parts = []
+    predictor = getattr(getattr(state, "predict_batcher", None), "process", None)
+    inner = getattr(getattr(predictor, "pipeline", None), "predictor", None)
+    if inner is not None:
+        parts.append(f"/predict on {inner.runtime} {inner.precision}" + (f" ({inner.engine_reason})" if inner.engine_reason else ""))
+    embedder = state.embedder
+    parts.append(f"/embed on {embedder.runtime} {embedder.precision}"
+                 + (f" ({embedder.engine_reason})" if embedder.engine_reason else ""))
+    return "; ".join(parts)

@@ -286,3 +286,19 @@ def test_cli_runtime_and_int8(task_models, tmp_path):
     assert refused.stderr.strip().splitlines()[-1].endswith(
         "--precision int8 is not computed by --runtime torch here; use --runtime onnxruntime")
     assert "Traceback" not in refused.stderr
+
+
+def test_export_quantize_int8(minilm_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from onebert.cli.main import main
+
+    assert main(["export", "--model", str(minilm_dir), "--format", "onnx", "--output", str(tmp_path / "fp32.onnx"),
+                 "--no-check"]) == 0
+    assert main(["export", "--model", str(minilm_dir), "--format", "onnx", "--quantize", "int8",
+                 "--output", str(tmp_path / "int8")]) == 0
+    quantized = tmp_path / "int8" / "model.onnx"
+    assert quantized.stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size  # int8 weights
+    assert (tmp_path / "int8" / "vocab.txt").is_file()
+    assert main(["export", "--model", str(minilm_dir), "--format", "hf", "--quantize", "int8",
+                 "--output", str(tmp_path / "hf")]) != 0
+    assert not (tmp_path / "hf").exists()

@@ -240,10 +240,10 @@ def onnx_export(model, log: Callable[[str], None] | None = None) -> Path:
 
 
 def int8_export(model, log: Callable[[str], None] | None = None) -> Path:
-    """onnxruntime's dynamic int8 quantization of the fp32 export (weights per output channel), cached beside it."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """onnxruntime's dynamic int8 quantization of the fp32 export (export.quantize_int8), cached beside it."""
+    import shutil
 
-    from onebert.io_utils import atomic_path
+    from onebert.infer import export
 
     source = onnx_export(model, log)
     path = source.with_name("model-int8.onnx")
@@ -251,23 +251,11 @@ def int8_export(model, log: Callable[[str], None] | None = None) -> Path:
         return path
     if log:
         log("quantizing the ONNX export to int8 (dynamic, per channel) once for this machine")
-    with atomic_path(path) as tmp, _quiet_quantizer():
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    tmp = source.with_name("unquantized.onnx")
+    shutil.copyfile(source, tmp)
+    export.quantize_int8(tmp)
+    os.replace(tmp, path)
     return path
-
-
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """The quantizer logs a 'consider pre-processing' warning on every call that is advice, not a problem."""
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def exported(model, runtime: str, precision: str, threads: int, log: Callable[[str], None] | None = None

@@ -24,7 +24,7 @@ import contextlib
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -192,6 +192,7 @@ class CheckResult:
     runtime: str
     shapes: list[tuple[int, int]]
     max_abs_diff: dict[str, float]  # per output, over all shapes, real tokens only
+    relative_error: dict[str, float] = field(default_factory=dict)  # per output: max over shapes of |a-b| / |b|
 
     def passed(self, atol: float) -> bool:
         return all(diff <= atol for diff in self.max_abs_diff.values())
@@ -226,6 +227,7 @@ def compare(model: "BertPreTrainedModel", run: Callable[[dict[str, np.ndarray]],
             runtime: str, shapes=DEFAULT_CHECK_SHAPES) -> CheckResult:
     """Run `run` and PyTorch on the same random batches; differences at real tokens only."""
     diffs: dict[str, float] = {name: 0.0 for name in output_names(model)}
+    relative: dict[str, float] = {name: 0.0 for name in output_names(model)}
     for batch, seq in shapes:
         inputs = random_batch(model.config, batch, seq)
         expected = torch_outputs(model, inputs)
@@ -237,10 +239,37 @@ def compare(model: "BertPreTrainedModel", run: Callable[[dict[str, np.ndarray]],
                 raise OneBertError(f"{runtime}: output '{name}' has shape {list(have.shape)} for inputs {batch}x{seq}, "
                                    f"PyTorch gives {list(want.shape)}")
             difference = np.abs(have.astype(np.float64) - want)
+            reference = np.abs(want.astype(np.float64))
             if is_per_token(model, name):
-                difference = difference[real]
+                difference, reference = difference[real], reference[real]
             diffs[name] = max(diffs[name], float(difference.max()))
-    return CheckResult(runtime, list(shapes), diffs)
+            norm = float(np.linalg.norm(reference))
+            relative[name] = max(relative[name], float(np.linalg.norm(difference)) / norm if norm else 0.0)
+    return CheckResult(runtime, list(shapes), diffs, relative)
+
+
+def quantize_int8(path: str | os.PathLike) -> Path:
+    """Replace an fp32 ONNX file by onnxruntime's dynamic int8 quantization of it (weights per output channel).
+
+    Dynamic: activations are quantized per batch at run time, so no calibration data is needed and
+    any model quantizes as it is; the products run on VNNI / AMX-INT8 integer kernels.
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onebert.io_utils import atomic_path
+
+    path = Path(path)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its 'consider pre-processing' warning on every call is advice, not a problem
+    try:
+        with atomic_path(path) as tmp:
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
+    return path
 
 
 def onnxruntime_runner(path: str | os.PathLike, threads: int | None = None):

@@ -19,9 +19,10 @@ INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")  # onebert.infer.engines.RUNTIMES (this module imports no torch)
 DEVICE_KINDS = ("auto", "cpu", "cuda", "xpu", "mps")
 DEVICE_HELP = "where to run: auto (cuda, else xpu, else mps, else cpu), cpu, cuda, cuda:N, xpu, xpu:N or mps"
-PRECISION_HELP = ("number format of the forward pass: auto (on a GPU bf16, or fp16 without it; on a CPU bf16 "
-                  "autocast for training where the CPU has native bf16, fp32 for inference so outputs equal "
-                  "the reference's), fp32, bf16 or fp16 (CUDA/XPU only)")
+PRECISION_HELP = ("number format of the forward pass: auto (on a GPU bf16, or fp16 without it; on a CPU with "
+                  "native bf16 the faster of fp32 and bf16 autocast, timed on the run's first batch and remembered "
+                  "per machine and model shape; a resumed run keeps its precision; fp32 elsewhere), fp32, bf16 or "
+                  "fp16 (CUDA/XPU only)")
 INFERENCE_PRECISION_HELP = (
     "number format of the model: auto (on a GPU bf16; on a CPU the faster of fp32 and, where the CPU has "
     "native bf16, bf16, measured on this machine for this model; embeddings stay fp32), fp32, bf16, fp16 "

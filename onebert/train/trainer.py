@@ -87,8 +87,13 @@ class Trainer:
             refit_after_resume(self.schedule, self.step, config)
             self.say(f"resume: continuing from {resumed[0]} (step {self.step})")
             del resumed
-        self._wrap_model()
-        self.options = self._announce(options, notes)
+        self._first_batches = self._settle_precision()
+        try:
+            self._wrap_model()
+            self.options = self._announce(options, notes)
+        except BaseException:
+            _closing(self._first_batches or iter(())).__exit__(None, None, None)
+            raise
         self.log = MetricsLog(self.run_dir, enabled=dist.is_main, resume_step=self.step if self.resumed else None)
         self.progress = Progress(config.max_steps if config.max_time is None else self.schedule.total_steps,
                                  initial=self.step, enabled=dist.is_main)
@@ -119,7 +124,7 @@ class Trainer:
         self.meter = Meter(self.task, self.dist, self.device, self.precision, self.comm_device, self.peak_flops,
                            self.log, self.progress, self.counters["sequences"], self.counters["tokens"])
         self.budget = Budget(config, self.step, float(self.counters["train_seconds"]), self.dist, self.comm_device)
-        batches = iter(self.task.train_batches())
+        batches, self._first_batches = self._first_batches or iter(self.task.train_batches()), None
         result = TrainResult(step=self.step)
         evaluated_at = saved_at = -1
 
@@ -184,6 +189,32 @@ class Trainer:
             self.say(f"interrupted: checkpoint {checkpoint} written; continue with --resume")
         return result
 
+    def _settle_precision(self) -> Iterator[Batch] | None:
+        """--precision auto on a native-bf16 CPU: time a step of the first batch in fp32 and bf16 (train/precision.py).
+
+        Returns the batch stream with that first batch still at its head (None when nothing was read),
+        so the run trains on exactly the batches it would have without the measurement."""
+        from onebert.train.precision import choose_training_precision, measure, with_first
+
+        config = self.config
+        saved = self.counters.get("precision") if self.resumed else None
+        self.precision, must_measure = choose_training_precision(
+            config.precision, self.device, resumed=saved,
+            can_measure=self.dist.world_size == 1 and not config.compile and not config.ipex)
+        self.precision_note = "as the run being resumed was trained" if saved and config.precision == "auto" else ""
+        self.counters["precision"] = self.precision
+        if not must_measure:
+            return None
+        stream = iter(self.task.train_batches())
+        try:
+            first = next(stream)
+            self.precision, self.precision_note = measure(self.task, self.model, first, self.device, self.dist)
+        except BaseException:
+            _closing(stream).__exit__(None, None, None)
+            raise
+        self.counters["precision"] = self.precision
+        return with_first(first, stream)
+
     def _wrap_model(self) -> None:
         """The module the steps call (IPEX, torch.compile, DDP); `self.model` stays the plain one."""
         if self.config.ipex:
@@ -209,6 +240,7 @@ class Trainer:
             **(notes or {}), "world_size": dist.world_size, "global_batch": global_batch,
             "parameters": sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values()),
             "optimizer": f"AdamW ({optimizer_kind(self.optimizer)})", "backend": dist.backend or "single process",
+            **({"precision_choice": self.precision_note} if self.precision_note else {}),
         }
         self.peak_flops = runtime.measure_peak_flops(self.device, self.precision) if config.measure_mfu else None
         if dist.is_main:
@@ -221,6 +253,9 @@ class Trainer:
             self.say(f"configuration:\n{text}{derived}", end="")
             self.say(f"global batch = {task.batch_size} per rank x {dist.world_size} ranks x {config.grad_accum} "
                      f"accumulation = {global_batch} sequences")
+            self.say("torch.compile: " + ("on (--compile)" if config.compile else
+                     "off (on a CPU compiled training measured no faster than eager, BENCHMARKS.md; --compile turns it on)"
+                     if self.device.type == "cpu" else "off (--compile turns it on)"))
             if self.peak_flops:
                 self.say(f"peak {self.precision} matmul on {self.device.type}: {self.peak_flops / 1e9:,.1f} GFLOP/s "
                          "(measured, the MFU denominator)")

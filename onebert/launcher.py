@@ -4,10 +4,6 @@ glibc's malloc returns PyTorch's large CPU buffers to the kernel and asks for th
 step; measured on our 2-core machines that cost up to 40% of CPU time, and preloading tcmalloc
 made training 1.2-2x faster. The allocator must be in place before the process starts, so the
 console command re-executes itself once with LD_PRELOAD set. ONEBERT_TCMALLOC=0 turns it off.
-
-The inference commands (predict, evaluate, embed, serve) start without it unless they run on
-torch or onnxruntime by name: OpenVINO, which their `--runtime auto` may choose, hangs or aborts
-beside a preloaded tcmalloc.
 """
 
 from __future__ import annotations
@@ -33,24 +29,9 @@ def find_tcmalloc() -> str | None:
     return found
 
 
-_INFERENCE_COMMANDS = ("predict", "evaluate", "embed", "serve")
-
-
-def wants_tcmalloc(argv: list[str]) -> bool:
-    """Training and data work: yes. Inference: only with --runtime torch / onnxruntime (see the module docstring)."""
-    if os.environ.get("ONEBERT_TCMALLOC", "1") == "0":
-        return False
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command not in _INFERENCE_COMMANDS:
-        return True
-    runtime = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--runtime"), None)
-    runtime = runtime or next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--runtime=")), None)
-    return runtime in ("torch", "onnxruntime")
-
-
 def reexec_with_tcmalloc(argv: list[str]) -> None:
     """Replace this process by one with tcmalloc preloaded; return when not possible or not wanted."""
-    if not wants_tcmalloc(argv) or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+    if os.environ.get("ONEBERT_TCMALLOC", "1") == "0" or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
         return
     library = find_tcmalloc()
     if library is None:

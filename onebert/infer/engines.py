@@ -125,23 +125,27 @@ class ExportedModel:
 
 
 def tcmalloc_preloaded() -> bool:
-    """Whether tcmalloc replaced malloc in this process (LD_PRELOAD; onebert's launcher does it for training).
-
-    OpenVINO's CPU plugin hangs or aborts ('double free or corruption') beside a preloaded tcmalloc,
-    so it is never a candidate then; `onebert predict` and the other inference commands start
-    without tcmalloc for that reason (onebert/launcher.py)."""
+    """Whether tcmalloc replaced malloc in this process (LD_PRELOAD; the `onebert` command preloads it)."""
     try:
         return "tcmalloc" in Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
 
 
+def openvino_beside_tcmalloc() -> None:
+    """OpenVINO's CPU plugin aborts ('double free or corruption') or hangs while compiling beside a preloaded
+    tcmalloc: oneTBB loads its tbbbind library with RTLD_DEEPBIND, which bypasses the preloaded allocator
+    (uxlfoundation/oneTBB#1645, openvinotoolkit/openvino#29025). TBB_ENABLE_SANITIZERS=1 makes it load
+    tbbbind without that flag; it is read when the plugin compiles its first model, so setting it here,
+    before any compile_model, is enough (tests/test_engines.py runs OpenVINO under tcmalloc)."""
+    if tcmalloc_preloaded():
+        os.environ.setdefault("TBB_ENABLE_SANITIZERS", "1")
+
+
 def available(runtime: str) -> bool:
-    """Whether the runtime's library imports here (torch always does) and can run in this process."""
+    """Whether the runtime's library imports here (torch always does)."""
     if runtime == "torch":
         return True
-    if runtime == "openvino" and tcmalloc_preloaded():
-        return False
     try:
         __import__(_MODULES[runtime])
     except Exception:  # noqa: BLE001 - a broken installation is as unusable as a missing one
@@ -184,9 +188,6 @@ def candidates(runtime: str, precision: str, device, purpose: str) -> list[tuple
         precisions = [precision]
     names = ["torch", "onnxruntime", "openvino"] if runtime == "auto" else [runtime]
     pairs = [(r, p) for p in precisions for r in names if p in SUPPORTED[r] and (runtime != "auto" or available(r))]
-    if runtime == "openvino" and tcmalloc_preloaded():
-        raise OneBertError("--runtime openvino: OpenVINO hangs or crashes beside a preloaded tcmalloc (LD_PRELOAD "
-                           "holds it); run without it (unset LD_PRELOAD, or ONEBERT_TCMALLOC=0) or use another runtime")
     if runtime != "auto" and not available(runtime):
         raise OneBertError(f"--runtime {runtime}: {_MODULES[runtime]} is not installed "
                            f"(pip install 'onebert[{'export' if runtime == 'onnxruntime' else 'openvino'}]')")
@@ -227,6 +228,7 @@ def onnx_export(model, log: Callable[[str], None] | None = None) -> Path:
     if log:
         log(f"exporting {type(model).__name__} to ONNX once for this machine ({path.parent})")
     model.cpu()
+    openvino_beside_tcmalloc()
     tmp = path.with_name("unchecked.onnx")
     export.export_onnx(model, tmp)
     result = export.compare(model, export.onnxruntime_runner(tmp) if available("onnxruntime")
@@ -266,6 +268,7 @@ def exported(model, runtime: str, precision: str, threads: int, log: Callable[[s
     if runtime == "onnxruntime":
         run = export.onnxruntime_runner(path, threads=threads)
     else:
+        openvino_beside_tcmalloc()
         run = export.openvino_runner(path, {"fp32": "f32", "bf16": "bf16"}[precision], threads=threads)
     return ExportedModel(run=run, torch_model=model, path=path, names=export.output_names(model))
 

@@ -84,10 +84,10 @@ def fastest(key: Mapping[str, object], candidates: Mapping[str, Callable[[], obj
     names = list(candidates)
     if len(names) == 1:
         return Choice(names[0])
+    earlier = remembered(key, names)
+    if earlier is not None:
+        return earlier
     full_key = _machine_key(key)
-    remembered = _read_choices().get(full_key)
-    if remembered and remembered.get("name") in candidates and not os.environ.get("ONEBERT_REMEASURE"):
-        return Choice(remembered["name"], dict(remembered.get("seconds", {})), cached=True)
     for call in candidates.values():
         call()
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -101,6 +101,17 @@ def fastest(key: Mapping[str, object], candidates: Mapping[str, Callable[[], obj
     choice = Choice(best, medians)
     _write_choice(full_key, choice)
     return choice
+
+
+def remembered(key: Mapping[str, object], names: list[str]) -> Choice | None:
+    """The choice an earlier `fastest(key, ...)` made among `names` on this machine, if any (None under
+    ONEBERT_REMEASURE): callers whose candidates are costly to build ask first and build only the one."""
+    if os.environ.get("ONEBERT_REMEASURE"):
+        return None
+    earlier = _read_choices().get(_machine_key(key))
+    if earlier and earlier.get("name") in names:
+        return Choice(earlier["name"], dict(earlier.get("seconds", {})), cached=True)
+    return None
 
 
 def _seconds_per_call(call: Callable[[], object], min_seconds: float, clock: Callable[[], float]) -> float:
@@ -150,4 +161,4 @@ def _write_choice(key: str, choice: Choice) -> None:
         pass  # a read-only home: the choice still holds for this run, it is only not remembered
 
 
-__all__ = ["Choice", "fastest", "cache_dir", "cpu_model"]
+__all__ = ["Choice", "fastest", "remembered", "cache_dir", "cpu_model"]

@@ -302,10 +302,23 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
 
     pairs = candidates(runtime, precision, device, purpose)
     threads = torch.get_num_threads()
+    names = [f"{name} {prec}" for name, prec in pairs]
+    length = max(3, min(length, model.config.max_position_embeddings))
+    key = {"purpose": purpose, "class": type(model).__name__, "hidden": model.config.hidden_size,
+           "layers": model.config.num_hidden_layers, "intermediate": model.config.intermediate_size,
+           "heads": model.config.num_attention_heads, "batch": batch_size, "length": length,
+           "asked": f"{runtime} {precision}", "candidates": sorted(names)}
+    earlier = autotune.remembered(key, names) if len(pairs) > 1 else None
+    if earlier is not None:  # build only the engine chosen before: no exports compiled for nothing
+        pairs = [pairs[names.index(earlier.name)]]
     engines: dict[str, Engine] = {}
     for name, prec in pairs:
         engine_model = model if name == "torch" else exported(model, name, prec, threads, log)
         engines[f"{name} {prec}"] = Engine(engine_model, name, prec)
+    if earlier is not None:
+        chosen = next(iter(engines.values()))
+        chosen.reason = f"auto: fastest here for batch {batch_size} x {length} tokens, {earlier.explain()}"
+        return chosen
     if len(engines) == 1:
         return next(iter(engines.values()))
     batch = {k: v.to(device) for k, v in sample_batch(model.config, batch_size, length).items()}
@@ -317,10 +330,6 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
                 return engine.model(**batch)
         return call
 
-    key = {"purpose": purpose, "class": type(model).__name__, "hidden": model.config.hidden_size,
-           "layers": model.config.num_hidden_layers, "intermediate": model.config.intermediate_size,
-           "heads": model.config.num_attention_heads, "batch": batch_size, "length": batch["input_ids"].shape[1],
-           "asked": f"{runtime} {precision}", "candidates": sorted(engines)}
     choice = autotune.fastest(key, {name: timed(engine) for name, engine in engines.items()})
     chosen = engines[choice.name]
     chosen.reason = f"auto: fastest here for batch {batch_size} x {key['length']} tokens, {choice.explain()}"

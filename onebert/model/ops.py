@@ -23,7 +23,9 @@ Also here: the fast dropout (`BertDropout`), the sparse word-lookup gradient
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -33,6 +35,31 @@ from torch import nn
 
 if TYPE_CHECKING:
     from onebert.model.config import SpeedConfig
+
+
+# ----------------------------------------------------------------------------- compile boundaries
+
+
+def eager_when_compiled(fn: Callable) -> Callable:
+    """`torch.compiler.disable` without its import-time cost: a graph break under torch.compile, a plain call otherwise.
+
+    torch.compiler.disable imports torch._dynamo when it decorates (1-1.5 s, on every onebert command
+    that loads a model, although only `--compile` traces anything). torch.compile imports torch._dynamo
+    before it traces, so while it is not imported nothing can be tracing this call: call `fn` as it is.
+    Once it is, the call goes through dynamo's disabled wrapper, made once.
+    """
+    disabled: list[Callable] = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is None:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(dynamo.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return call
 
 
 # ----------------------------------------------------------------------------- unpadding
@@ -54,7 +81,7 @@ class PaddingInfo:
         return self.indices.numel()
 
 
-@torch.compiler.disable
+@eager_when_compiled
 def padding_info(attention_mask: torch.Tensor, device: torch.device | str | None = None) -> PaddingInfo:
     """Index of the real tokens, and their count per row.
 
@@ -75,7 +102,7 @@ def padding_info(attention_mask: torch.Tensor, device: torch.device | str | None
     return PaddingInfo(indices, batch_size, seq_len, sdpa_mask, lengths, starts)
 
 
-@torch.compiler.disable
+@eager_when_compiled
 def unpadding_for(attention_mask: torch.Tensor | None, batch: int, seq: int,
                   device: torch.device) -> PaddingInfo | None:
     """The packed layout for this batch, or None where the padded layout must stay.
@@ -90,11 +117,13 @@ def unpadding_for(attention_mask: torch.Tensor | None, batch: int, seq: int,
     return padding_info(host_mask, device=device)
 
 
-@torch.compiler.disable
+@eager_when_compiled
 def nonzero_index(mask: torch.Tensor) -> torch.Tensor:
     """Positions where a 1-d bool mask is True; its size depends on the data, so it is marked dynamic."""
     index = torch.nonzero(mask, as_tuple=False).flatten()
-    torch._dynamo.maybe_mark_dynamic(index, 0)
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:  # a compiled graph then takes any token count (see eager_when_compiled)
+        dynamo.maybe_mark_dynamic(index, 0)
     return index
 
 

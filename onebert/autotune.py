@@ -114,6 +114,20 @@ def remembered(key: Mapping[str, object], names: list[str]) -> Choice | None:
     return None
 
 
+def measured_choices() -> list[tuple[dict, dict]]:
+    """Every remembered decision made on this machine: (its key, {"name", "seconds", "measured"})."""
+    cpu = cpu_model()
+    out = []
+    for text, entry in _read_choices().items():
+        try:
+            key = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(key, dict) and key.get("cpu") == cpu and isinstance(entry, dict):
+            out.append((key, entry))
+    return out
+
+
 def _seconds_per_call(call: Callable[[], object], min_seconds: float, clock: Callable[[], float]) -> float:
     calls, start = 0, clock()
     while True:
@@ -161,4 +175,4 @@ def _write_choice(key: str, choice: Choice) -> None:
         pass  # a read-only home: the choice still holds for this run, it is only not remembered
 
 
-__all__ = ["Choice", "fastest", "remembered", "cache_dir", "cpu_model"]
+__all__ = ["Choice", "fastest", "remembered", "measured_choices", "cache_dir", "cpu_model"]

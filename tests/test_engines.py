@@ -241,6 +241,18 @@ def test_auto_measures_once_and_says_what_it_chose(task_models):
     again = Predictor.load(task_models["classification"])
     assert (again.runtime, again.precision) == (predictor.runtime, predictor.precision)
     assert "measured earlier on this machine" in again.engine_reason
+    # `onebert info` says what was chosen for models of this shape here.
+    import contextlib
+    import io
+
+    from onebert.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["info", str(task_models["classification"]), "--json"]) == 0
+    choices = json.loads(out.getvalue())["measured_choices"]
+    assert any(f"{predictor.runtime} {predictor.precision}" in line and line.startswith("predictions")
+               for line in choices)
 
 
 # ----------------------------------------------------------------------------- real weights: bf16 and int8 tolerances

@@ -117,13 +117,14 @@ class Embedder:
     1_Pooling and Normalize module; else mean pooling without normalisation). device: auto, cpu, cuda,
     cuda:1, ...; precision: fp32, bf16, fp16, int8 or auto (fp32 on a CPU, so vectors equal
     sentence-transformers'), runtime: auto, torch, onnxruntime or openvino, as `onebert predict`
-    (onebert.infer.engines; pooling and normalising stay float32 whichever runs the encoder).
+    (onebert.infer.engines; pooling and normalising stay float32 whichever runs the encoder); timing_batch:
+    the batch auto times the runtimes at (a server passes 1: its requests' latency).
     """
 
     def __init__(self, model_or_dir: str | os.PathLike | "BertPreTrainedModel", *, pooling: str | None = None,
                  normalize: bool | None = None, tokenizer: "Tokenizer | None" = None, max_length: int | None = None,
                  device: str | None = "auto", precision: str = "fp32", runtime: str = "auto",
-                 log: "Callable[[str], None] | None" = None) -> None:
+                 log: "Callable[[str], None] | None" = None, timing_batch: int = 32) -> None:
         from onebert import runtime as runtimes
         from onebert.infer import engines
         from onebert.model import BertModel, BertPreTrainedModel
@@ -151,7 +152,8 @@ class Embedder:
         self.normalize = declared.normalize if normalize is None else normalize
         self.max_length = _max_length(model, tokenizer, max_length, declared.max_length)
         engine = engines.select(self.torch_model, self.device, runtime=runtime, precision=precision,
-                                purpose="embeddings", batch_size=32, length=min(self.max_length, 32), log=log)
+                                purpose="embeddings", batch_size=timing_batch, length=min(self.max_length, 32),
+                                log=log)
         self.model = engine.model  # the encoder, or its export (same calling convention, same outputs)
         self.precision, self.runtime, self.engine_reason = engine.precision, engine.runtime, engine.reason
         self.dimension = model.config.hidden_size

@@ -86,9 +86,11 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
              max_length: int | None = None, task: str | None = None, precision: str = "fp32",
-             runtime: str = "auto", log: Callable[[str], None] | None = None) -> "Predictor":
+             runtime: str = "auto", log: Callable[[str], None] | None = None,
+             timing_batch: int | None = None) -> "Predictor":
         """precision / runtime: see onebert.infer.engines (auto: the fastest measured on this machine;
-        precision auto adds bf16 where the CPU has it). log: where to say what is exported (None: quiet)."""
+        precision auto adds bf16 where the CPU has it). log: where to say what is exported (None: quiet).
+        timing_batch: the batch size auto times the runtimes at (default batch_size; a server: 1, its latency)."""
         from onebert.infer import engines
         from onebert.model.config import BertConfig
         from onebert import runtime as runtimes
@@ -117,7 +119,7 @@ class Predictor:
         torch_device = runtimes.resolve_device(device)
         model.to(torch_device).eval()
         engine = engines.select(model, torch_device, runtime=runtime, precision=precision, purpose="predictions",
-                                batch_size=batch_size, length=typical_length(spec), log=log)
+                                batch_size=timing_batch or batch_size, length=typical_length(spec), log=log)
         return cls(model=engine.model, tokenizer=tokenizer, spec=spec, device=torch_device, batch_size=batch_size,
                    precision=engine.precision, directory=directory, runtime=engine.runtime,
                    engine_reason=engine.reason, torch_model=model)

@@ -102,12 +102,16 @@ def _model_task(model_dir: Path) -> str | None:
 
 
 def _load_pipeline(model_dir: Path, task: str, settings: ServeSettings) -> Callable[[list[Any]], list[Any]]:
-    from onebert.infer.pipeline import pipeline
+    from onebert.infer.pipeline import Pipeline
+    from onebert.infer.predictor import Predictor
 
+    # `auto` times the runtimes at batch 1: a server is judged by a request's latency (under load its batches
+    # grow, where the runtimes measured closer together).
+    predictor = Predictor.load(model_dir, device=settings.device, batch_size=settings.max_batch_size,
+                               max_length=settings.max_length, task=task, precision=settings.precision,
+                               runtime=settings.runtime, timing_batch=1)
     # onebert's own records (not the pipeline's transformers-shaped answers): /predict's format.
-    return pipeline(task=task, model=str(model_dir), device=settings.device, batch_size=settings.max_batch_size,
-                    max_length=settings.max_length, precision=settings.precision,
-                    runtime=settings.runtime).record_predictor()
+    return Pipeline(predictor).record_predictor()
 
 
 def _load_models(model_dir: Path, settings: ServeSettings, predictor, task: str | None, embedder):
@@ -132,10 +136,11 @@ def _load_models(model_dir: Path, settings: ServeSettings, predictor, task: str 
         if isinstance(shared, BertPreTrainedModel):
             embedder = Embedder(shared, pooling=declared.pooling, normalize=declared.normalize,
                                 tokenizer=Tokenizer.from_pretrained(model_dir), max_length=settings.max_length,
-                                device=settings.device, precision=settings.precision, runtime=settings.runtime)
+                                device=settings.device, precision=settings.precision, runtime=settings.runtime,
+                                timing_batch=1)
         else:
             embedder = Embedder.from_checkpoint(model_dir, max_length=settings.max_length, device=settings.device,
-                                                precision=settings.precision, runtime=settings.runtime)
+                                                precision=settings.precision, runtime=settings.runtime, timing_batch=1)
     return task, predictor, embedder
 
 

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "head_modules": heads,
         "files": sorted(p.name for p in directory.iterdir() if p.is_file()),
     }
+    info["measured_choices"] = _choices(config)
     if args.peak:
         info["peak_gflops"] = _peaks()
     if args.json:
@@ -74,11 +75,28 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(value, int) and key == "parameters":
             value = f"{value:,} ({value / 1e6:.1f}M)"
         elif isinstance(value, list):
-            value = ", ".join(map(str, value))
+            value = ("; ".join if key == "measured_choices" else ", ".join)(map(str, value))
         elif key == "peak_gflops":
             value = _describe_peaks(value)
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _choices(config) -> list[str]:
+    """What `--precision auto` / `--runtime auto` chose for models of this shape on this machine (onebert/autotune.py)."""
+    from onebert.autotune import measured_choices
+
+    shape = {"hidden": config.hidden_size, "layers": config.num_hidden_layers,
+             "hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers}
+    found = []
+    for key, entry in measured_choices():
+        dims = {k: key.get(k) for k in shape if k in key}
+        if not dims or any(value != shape[k] for k, value in dims.items()):
+            continue
+        shape_text = f"batch {key['batch']} x {key['length']}" if "batch" in key else "first batch"
+        found.append(f"{key.get('purpose')} ({key.get('class')}, {shape_text}, {key.get('threads')} threads): "
+                     f"{entry.get('name')}, measured {entry.get('measured', '?')}")
+    return found or ["none yet (the first run with --precision/--runtime auto measures and remembers)"]
 
 
 def _describe_peaks(peaks: dict) -> str:

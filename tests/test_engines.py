@@ -170,7 +170,7 @@ def test_openvino_runs_beside_a_preloaded_tcmalloc(task_models, tmp_path):
                            "--input", str(inputs), "--runtime", "openvino", "--precision", "fp32"],
                           capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "predict: openvino fp32" in done.stderr and len(done.stdout.splitlines()) == len(SENTENCES)
+    assert "ran on openvino fp32" in done.stderr and len(done.stdout.splitlines()) == len(SENTENCES)
 
 
 # ----------------------------------------------------------------------------- exported runtimes give PyTorch's outputs
@@ -288,7 +288,7 @@ def test_cli_runtime_and_int8(task_models, tmp_path):
     done = subprocess.run([*command, "--runtime", "onnxruntime", "--precision", "int8"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "predict: onnxruntime int8" in done.stderr
+    assert "ran on onnxruntime int8" in done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(records) == len(SENTENCES) and all(r["label"] in ("neg", "pos") for r in records)
     refused = subprocess.run([*command, "--runtime", "torch", "--precision", "int8"], capture_output=True,

@@ -16,8 +16,9 @@ What each runtime computes here (`SUPPORTED`):
 
 `auto` is decided by measurement (`onebert.autotune.fastest`): the candidates the machine has are
 timed on the real model with a batch of the caller's shape and the fastest wins, remembered per
-machine. auto precision means fp32, plus bf16 for task predictions on a CPU that computes bf16
-natively (labels, tags and spans: checked against fp32 on SST-2, MRPC and CoNLL in BENCHMARKS.md);
+machine. auto precision means fp32, plus bf16 on a CPU that computes bf16 natively for the tasks
+whose outputs were measured unchanged by it (`Task.auto_bf16`: classification labels and NER tags,
+against fp32 on SST-2, MRPC and CoNLL in BENCHMARKS.md); regression values, QA spans and
 embeddings stay fp32 under auto, because vectors are stored and compared with sentence-transformers'
 to float tolerance. int8 is never chosen by auto: it changes outputs by more than rounding, so it
 is asked for by name.
@@ -143,14 +144,11 @@ def openvino_beside_tcmalloc() -> None:
 
 
 def available(runtime: str) -> bool:
-    """Whether the runtime's library imports here (torch always does)."""
-    if runtime == "torch":
-        return True
-    try:
-        __import__(_MODULES[runtime])
-    except Exception:  # noqa: BLE001 - a broken installation is as unusable as a missing one
-        return False
-    return True
+    """Whether the runtime's library is installed here (torch always is). Found, not imported: importing both
+    costs a fraction of a second on every command, and only the one chosen is needed."""
+    import importlib.util
+
+    return runtime == "torch" or importlib.util.find_spec(_MODULES[runtime]) is not None
 
 
 def check_names(runtime: str, precision: str) -> None:
@@ -163,7 +161,8 @@ def check_names(runtime: str, precision: str) -> None:
 def candidates(runtime: str, precision: str, device, purpose: str) -> list[tuple[str, str]]:
     """The (runtime, precision) pairs `auto` chooses among, the reference (torch, fp32 or the GPU's) first.
 
-    purpose: "predictions" (task outputs: auto may pick bf16) or "embeddings" (auto keeps fp32).
+    purpose: "predictions" (labels, tags, spans: auto may pick bf16), "values" (regression) or "embeddings"
+    (auto keeps fp32 for both: the numbers themselves are the output).
     """
     from onebert import runtime as runtimes
 
@@ -268,8 +267,12 @@ def exported(model, runtime: str, precision: str, threads: int, log: Callable[[s
     if runtime == "onnxruntime":
         run = export.onnxruntime_runner(path, threads=threads)
     else:
+        from onebert.autotune import cache_dir
+
         openvino_beside_tcmalloc()
-        run = export.openvino_runner(path, {"fp32": "f32", "bf16": "bf16"}[precision], threads=threads)
+        # CACHE_DIR: OpenVINO keeps the compiled model there and a later run loads it instead of compiling.
+        run = export.openvino_runner(path, {"fp32": "f32", "bf16": "bf16"}[precision], threads=threads,
+                                     cache=cache_dir() / "openvino")
     return ExportedModel(run=run, torch_model=model, path=path, names=export.output_names(model))
 
 

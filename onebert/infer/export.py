@@ -287,15 +287,19 @@ def onnxruntime_runner(path: str | os.PathLike, threads: int | None = None):
     return run
 
 
-def openvino_runner(path: str | os.PathLike, precision: str | None = "f32", threads: int | None = None):
+def openvino_runner(path: str | os.PathLike, precision: str | None = "f32", threads: int | None = None,
+                    cache: str | os.PathLike | None = None):
     """OpenVINO compiles the ONNX file for the CPU. It picks bf16 by itself on CPUs that have it;
     f32 is asked for explicitly so the comparison with PyTorch is like for like (None: its default).
-    threads: its inference threads (default: all cores), so it can share a machine as torch does."""
+    threads: its inference threads (default: all cores), so it can share a machine as torch does; cache: a
+    directory where OpenVINO keeps compiled models for later processes."""
     import openvino as ov
 
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    if cache is not None:
+        config["CACHE_DIR"] = str(cache)  # the compiled model, reused by later processes
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     outputs = [(o, o.get_any_name()) for o in compiled.outputs]

@@ -118,7 +118,9 @@ class Predictor:
                                f"({', '.join(missing[:4])} missing); fine-tune it with `onebert finetune` first")
         torch_device = runtimes.resolve_device(device)
         model.to(torch_device).eval()
-        engine = engines.select(model, torch_device, runtime=runtime, precision=precision, purpose="predictions",
+        # bf16 under auto only for tasks whose outputs were measured unchanged by it (Task.auto_bf16).
+        purpose = "predictions" if spec.handler.auto_bf16 else "values"
+        engine = engines.select(model, torch_device, runtime=runtime, precision=precision, purpose=purpose,
                                 batch_size=timing_batch or batch_size, length=typical_length(spec), log=log)
         return cls(model=engine.model, tokenizer=tokenizer, spec=spec, device=torch_device, batch_size=batch_size,
                    precision=engine.precision, directory=directory, runtime=engine.runtime,

@@ -43,6 +43,10 @@ class Task:
     # Inputs fill the model's length (QA's question + context windows) rather than being short sentences:
     # the inference runtime is timed at that length (onebert.infer.engines.select).
     fills_windows: ClassVar[bool] = False
+    # `--precision auto` may predict in bf16 (onebert/infer/engines.py): only where its outputs were measured
+    # unchanged against fp32 on real data (classification: SST-2, MRPC; NER: CoNLL-2003; BENCHMARKS.md).
+    # Regression values move with bf16; QA's null-threshold decisions were not measured.
+    auto_bf16: ClassVar[bool] = False
 
     def __init__(self, spec):
         self.spec = spec

@@ -107,6 +107,7 @@ class ClassificationTask(Task):
     """A label per text or text pair (SST-2, MNLI, ...): accuracy, F1, MCC and a confusion matrix."""
 
     name = "classification"
+    auto_bf16 = True
     model_class_name = "BertForSequenceClassification"
     metrics = ("accuracy", "f1", "f1_macro", "mcc", "precision", "recall")
     # Sentences of similar length batched together: little padding, and the mean loss per sequence does not

@@ -253,6 +253,7 @@ class NerTask(Task):
     """A tag per word (CoNLL-2003): entity-level precision / recall / F1 (conlleval)."""
 
     name = "ner"
+    auto_bf16 = True
     model_class_name = "BertForTokenClassification"
     metrics = ("f1", "precision", "recall", "accuracy")
     # No length grouping: NER's loss is a mean over the batch's labelled tokens, so in length-grouped batches

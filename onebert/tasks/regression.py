@@ -12,6 +12,7 @@ class RegressionTask(ClassificationTask):
     """ClassificationTask's inputs and files; one output, and a number instead of a label."""
 
     name = "regression"
+    auto_bf16 = False  # values, not labels: bf16 would move them
     metrics = ("pearson", "spearman", "mse")
     lower_is_better = frozenset({"mse"})
     options = ("text_column", "text_pair_column", "label_column", "regression")

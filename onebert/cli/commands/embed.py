@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from onebert.infer.embedder import Embedder
+    from onebert.cli.commands.predict import engine_summary
     from onebert.infer.engines import stderr_log
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_path, check_output_file, is_embedding_array
@@ -68,15 +69,14 @@ def run(args: argparse.Namespace) -> int:
         raise OneBertError(f"{args.input}: no lines to embed")
     embedder = Embedder(args.model, pooling=args.pooling, normalize=args.normalize, max_length=args.max_length,
                         device=args.device, precision=args.precision, runtime=args.runtime, log=stderr_log)
-    stderr_log(f"embed: {embedder.runtime} {embedder.precision}"
-               + (f" ({embedder.engine_reason})" if embedder.engine_reason else ""))
     result = embedder.encode_result(texts, batch_size=args.batch_size, progress=False if args.no_progress else None)
     with atomic_path(args.output) as tmp:
         with open(tmp, "wb") as handle:  # a file object: np.save would append .npy to a bare temp name
             np.save(handle, result.embeddings)
     empty = sum(1 for text in texts if not text.strip())
     print(f"embedded {len(texts)} lines -> {args.output} {list(result.embeddings.shape)} float32 "
-          f"(pooling {embedder.pooling}, {'L2-normalised' if embedder.normalize else 'not normalised'})")
+          f"(pooling {embedder.pooling}, {'L2-normalised' if embedder.normalize else 'not normalised'}; "
+          f"{engine_summary(embedder)})")
     if result.truncated:
         print(f"{len(result.truncated)} lines were longer than {result.max_length} tokens and were cut to it "
               f"(first: line {result.truncated[0] + 1})")

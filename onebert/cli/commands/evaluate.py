@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
+    from onebert.cli.commands.predict import engine_summary
     from onebert.infer.engines import stderr_log
     from onebert.infer.predictor import Predictor
 
@@ -59,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
         check_plot_dir(args.plots)  # a wrong --plots is named before the evaluation, not after it
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
                                runtime=args.runtime, log=stderr_log)
-    stderr_log(f"evaluate: {predictor.runtime} {predictor.precision}" + (f" ({predictor.engine_reason})" if predictor.engine_reason else ""))
     predictor.progress = True
     spec = predictor.spec
     if args.null_threshold is not None:
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             raise OneBertError("--plots draws classification (confusion matrix) and ner (per-entity) results only")
         result["plots"] = [str(p) for p in plot_evaluation(metrics, args.plots)]
     print(format_table(result, seconds), file=sys.stderr)
+    print(f"evaluate: {engine_summary(predictor)}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
                           kind="JSON-lines predictions file")
     predictor = Predictor.load(args.model, device=args.device, batch_size=args.batch_size, precision=args.precision,
                                runtime=args.runtime, log=stderr_log)
-    stderr_log(f"predict: {predictor.runtime} {predictor.precision}" + (f" ({predictor.engine_reason})" if predictor.engine_reason else ""))
     predictor.progress = True
     start = time.perf_counter()
     if args.input == "-":
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         atomic_write_text(args.output, text)
     print(f"predict: {len(records):,} {predictor.spec.task} predictions in {seconds:.1f}s -> "
-          f"{'stdout' if args.output == '-' else args.output}", file=sys.stderr)
+          f"{'stdout' if args.output == '-' else args.output} ({engine_summary(predictor)})", file=sys.stderr)
     return 0
 
 
@@ -103,3 +102,8 @@ def input_format(task, path: Path, given: str, stdin: bool) -> str:
                                f"{', '.join(task.input_formats)}")
         return given
     return task.guess_format(path, stdin)
+
+
+def engine_summary(model) -> str:
+    """'ran on openvino bf16, auto: ...': what computed the outputs (a Predictor or an Embedder), said once at the end."""
+    return f"ran on {model.runtime} {model.precision}" + (f", {model.engine_reason}" if model.engine_reason else "")

@@ -339,9 +339,14 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
     return chosen
 
 
+def ran_on(model) -> str:
+    """'ran on openvino bf16, auto: ...': what computed a Predictor's or an Embedder's outputs, for a command's last line."""
+    return f"ran on {model.runtime} {model.precision}" + (f", {model.engine_reason}" if model.engine_reason else "")
+
+
 def stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 __all__ = ["Engine", "ExportedModel", "ExportedOutput", "RUNTIMES", "PRECISIONS", "SUPPORTED", "available",
-           "candidates", "select", "onnx_export", "int8_export", "fingerprint", "stderr_log"]
+           "candidates", "select", "onnx_export", "int8_export", "fingerprint", "ran_on", "stderr_log"]

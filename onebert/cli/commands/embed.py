@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from onebert.infer.embedder import Embedder
-    from onebert.cli.commands.predict import engine_summary
-    from onebert.infer.engines import stderr_log
+    from onebert.infer.engines import ran_on, stderr_log
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_path, check_output_file, is_embedding_array
 
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     empty = sum(1 for text in texts if not text.strip())
     print(f"embedded {len(texts)} lines -> {args.output} {list(result.embeddings.shape)} float32 "
           f"(pooling {embedder.pooling}, {'L2-normalised' if embedder.normalize else 'not normalised'}; "
-          f"{engine_summary(embedder)})")
+          f"{ran_on(embedder)})")
     if result.truncated:
         print(f"{len(result.truncated)} lines were longer than {result.max_length} tokens and were cut to it "
               f"(first: line {result.truncated[0] + 1})")

@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from onebert.errors import OneBertError
-    from onebert.cli.commands.predict import engine_summary
-    from onebert.infer.engines import stderr_log
+    from onebert.infer.engines import ran_on, stderr_log
     from onebert.infer.predictor import Predictor
 
     for name in ("model", "data"):
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             raise OneBertError("--plots draws classification (confusion matrix) and ner (per-entity) results only")
         result["plots"] = [str(p) for p in plot_evaluation(metrics, args.plots)]
     print(format_table(result, seconds), file=sys.stderr)
-    print(f"evaluate: {engine_summary(predictor)}", file=sys.stderr)
+    print(f"evaluate: {ran_on(predictor)}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from onebert.errors import OneBertError
     from onebert.io_utils import atomic_write_text, check_output_file, is_json_lines
-    from onebert.infer.engines import stderr_log
+    from onebert.infer.engines import ran_on, stderr_log
     from onebert.infer.predictor import Predictor
 
     for name in ("model", "input"):
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         atomic_write_text(args.output, text)
     print(f"predict: {len(records):,} {predictor.spec.task} predictions in {seconds:.1f}s -> "
-          f"{'stdout' if args.output == '-' else args.output} ({engine_summary(predictor)})", file=sys.stderr)
+          f"{'stdout' if args.output == '-' else args.output} ({ran_on(predictor)})", file=sys.stderr)
     return 0
 
 
@@ -102,8 +102,3 @@ def input_format(task, path: Path, given: str, stdin: bool) -> str:
                                f"{', '.join(task.input_formats)}")
         return given
     return task.guess_format(path, stdin)
-
-
-def engine_summary(model) -> str:
-    """'ran on openvino bf16, auto: ...': what computed the outputs (a Predictor or an Embedder), said once at the end."""
-    return f"ran on {model.runtime} {model.precision}" + (f", {model.engine_reason}" if model.engine_reason else "")

@@ -364,3 +364,39 @@ def test_serve_command_runs_uvicorn_in_a_subprocess(minilm_dir):
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert f"serving {minilm_dir} at http://127.0.0.1:{port}" in output
+
+
+def test_keep_alive_responses_are_not_held_by_nagle(server):
+    """h11 writes headers and body apart; without TCP_NODELAY each keep-alive response waited for the client's
+    delayed ACK (~40 ms on Linux: /embed took 52 ms with one client, 9 ms with the option set)."""
+    import http.client
+    import socket
+    import statistics
+    import time
+    from urllib.parse import urlparse
+
+    from onebert.serve.server import _no_delay
+
+    url, _ = server
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    seconds = []
+    for _ in range(12):  # one connection: every request after the first is a keep-alive one
+        start = time.perf_counter()
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        response.read()
+        seconds.append(time.perf_counter() - start)
+    connection.close()
+    assert statistics.median(seconds[1:]) < 0.030, seconds
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name):
+            return self.sock if name == "socket" else None
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        _no_delay(Transport(sock))
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -278,6 +278,9 @@ def onnxruntime_runner(path: str | os.PathLike, threads: int | None = None):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    # Its threads would otherwise spin between calls, taking the cores from the Python work around them
+    # (batching, decoding) and from whatever runs next in the process (autotune times runtimes in turn).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 

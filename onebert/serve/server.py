@@ -34,6 +34,18 @@ def _raw_response(status: int, reason: str, detail: str, extra: str = "") -> byt
             f"{extra}connection: close\r\n\r\n").encode() + body
 
 
+def _no_delay(transport: asyncio.Transport) -> None:
+    """TCP_NODELAY on a connection: h11 writes a response's headers and its body separately, and with Nagle's
+    algorithm the body then waits for the client's delayed ACK of the headers (~40 ms on Linux) on every
+    keep-alive request: measured 52 ms per /embed with one client, 10 ms on a fresh connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 def guarded_protocol(max_connections: int, client_timeout_s: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a connection cap and a deadline for receiving each request."""
 
@@ -52,6 +64,7 @@ def guarded_protocol(max_connections: int, client_timeout_s: float) -> type[H11P
                 transport.close()
                 return
             super().connection_made(transport)
+            _no_delay(transport)
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:

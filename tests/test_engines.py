@@ -313,3 +313,19 @@ def test_export_quantize_int8(minilm_dir, tmp_path):
     assert main(["export", "--model", str(minilm_dir), "--format", "hf", "--quantize", "int8",
                  "--output", str(tmp_path / "hf")]) != 0
     assert not (tmp_path / "hf").exists()
+
+
+def test_auto_leaves_out_a_runtime_that_cannot_run_the_model(task_models, monkeypatch):
+    """An export that fails (a missing `onnx`, an exporter bug) costs auto a candidate, never the command."""
+    from onebert.infer.predictor import Predictor
+
+    def broken(*args, **kwargs):
+        raise ImportError("No module named 'onnx'")
+
+    monkeypatch.setattr(engines, "exported", broken)
+    said = []
+    predictor = Predictor.load(task_models["classification"], precision="fp32", log=said.append)
+    assert predictor.runtime == "torch"
+    assert any("leaving out onnxruntime fp32" in line for line in said) or not engines.available("onnxruntime")
+    with pytest.raises(OneBertError, match="--runtime onnxruntime: cannot run this model"):
+        Predictor.load(task_models["classification"], runtime="onnxruntime", precision="fp32")

@@ -285,9 +285,11 @@ def test_qa_body_is_one_question_or_a_list_and_a_model_without_task_has_no_predi
 def test_predict_serves_the_real_pipeline_for_the_task_in_config(classifier_dir):
     from onebert.infer.pipeline import pipeline
 
-    pipe = pipeline(model=str(classifier_dir), device="cpu")
+    pipe = pipeline(model=str(classifier_dir), device="cpu")  # the Python API's default: fp32
     expected = pipe(SENTENCES[:3] + [PAIRS[0]])
-    with background_server(create_app(classifier_dir, ServeSettings(device="cpu"))) as url:
+    # The server's default precision is auto (bf16 where measured faster here, scores move by ~1e-3): fp32 to compare.
+    assert ServeSettings().precision == "auto"
+    with background_server(create_app(classifier_dir, ServeSettings(device="cpu", precision="fp32"))) as url:
         single = httpx.post(f"{url}/predict", json={"texts": SENTENCES[:3]}).json()["predictions"]
         pair = httpx.post(f"{url}/predict", json={"texts": [list(PAIRS[0])]}).json()["predictions"]
     for have, want in zip(single + pair, expected):

@@ -279,6 +279,27 @@ def exported(model, runtime: str, precision: str, threads: int, log: Callable[[s
 # ----------------------------------------------------------------------------- choosing
 
 
+def _build(pairs: list[tuple[str, str]], model, runtime: str, threads: int,
+           log: Callable[[str], None] | None) -> dict[str, Engine]:
+    """An engine per (runtime, precision). Under auto one that fails to build (a missing `onnx`, an exporter
+    bug) is left out, and said; a runtime asked for by name fails with one line."""
+    engines: dict[str, Engine] = {}
+    for name, prec in pairs:
+        try:
+            engine_model = model if name == "torch" else exported(model, name, prec, threads, log)
+        except Exception as exc:  # noqa: BLE001 - whatever stops a runtime here makes it no candidate
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if runtime != "auto":
+                if isinstance(exc, OneBertError):
+                    raise
+                raise OneBertError(f"--runtime {name}: cannot run this model ({reason}); use --runtime torch") from None
+            if log:
+                log(f"--runtime auto: leaving out {name} {prec} ({reason})")
+            continue
+        engines[f"{name} {prec}"] = Engine(engine_model, name, prec)
+    return engines
+
+
 def sample_batch(config, batch_size: int, length: int) -> dict[str, Any]:
     """A batch of the caller's shape for timing: random ids, full rows, two segments."""
     import torch
@@ -312,12 +333,14 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
            "heads": model.config.num_attention_heads, "batch": batch_size, "length": length,
            "asked": f"{runtime} {precision}", "candidates": sorted(names)}
     earlier = autotune.remembered(key, names) if len(pairs) > 1 else None
-    if earlier is not None:  # build only the engine chosen before: no exports compiled for nothing
-        pairs = [pairs[names.index(earlier.name)]]
-    engines: dict[str, Engine] = {}
-    for name, prec in pairs:
-        engine_model = model if name == "torch" else exported(model, name, prec, threads, log)
-        engines[f"{name} {prec}"] = Engine(engine_model, name, prec)
+    # Build only the engine chosen before (no exports compiled for nothing); should it fail now, measure again.
+    engines = _build([pairs[names.index(earlier.name)]], model, runtime, threads, log) if earlier else {}
+    if not engines:
+        earlier = None
+        engines = _build(pairs, model, runtime, threads, log)
+    if not engines:
+        raise OneBertError(f"--runtime auto: no runtime installed here could run this model at --precision {precision}; "
+                           "use --runtime torch")
     if earlier is not None:
         chosen = next(iter(engines.values()))
         chosen.reason = f"auto: fastest here for batch {batch_size} x {length} tokens, {earlier.explain()}"

@@ -24,9 +24,10 @@ PRECISION_HELP = ("number format of the forward pass: auto (on a GPU bf16, or fp
                   "per machine and model shape; a resumed run keeps its precision; fp32 elsewhere), fp32, bf16 or "
                   "fp16 (CUDA/XPU only)")
 INFERENCE_PRECISION_HELP = (
-    "number format of the model: auto (on a GPU bf16; on a CPU the faster of fp32 and, where the CPU has "
-    "native bf16, bf16, measured on this machine for this model; embeddings stay fp32), fp32, bf16, fp16 "
-    "(CUDA/XPU) or int8 (CPU: dynamic int8 quantization on onnxruntime)")
+    "number format of the model: auto (on a GPU bf16; on a CPU fp32, or for classification and NER the faster "
+    "of fp32 and bf16 where the CPU has native bf16, measured on this machine for this model; regression, QA "
+    "and embeddings stay fp32), fp32, bf16, fp16 (CUDA/XPU) or int8 (CPU: dynamic int8 quantization on "
+    "onnxruntime)")
 RUNTIME_HELP = ("what runs the model: auto (the fastest of those installed here, measured once per machine and "
                 "model shape and remembered in ~/.cache/onebert, or $ONEBERT_RUNTIME when set), torch, onnxruntime "
                 "or openvino (the model's ONNX export, made once and cached; CPU only)")

@@ -2,7 +2,7 @@
 
 Exported runtimes must give PyTorch's outputs within their precision's tolerance: fp32 exports to
 float rounding, bf16 to bf16's, int8 close enough that labels and embeddings survive (the real
-accuracy figures on SST-2, MRPC and CoNLL are BENCHMARKS.md's, from benchmarks/bench_int8.py).
+accuracy figures on SST-2, MRPC and CoNLL are BENCHMARKS.md's, from benchmarks/bench_precision_accuracy.py).
 """
 
 from __future__ import annotations

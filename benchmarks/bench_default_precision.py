@@ -94,12 +94,10 @@ def inference_rows(preset: str, batch: int, seq: int, steps: int) -> dict:
     default = engines.select(model, cpu, runtime="auto", precision="auto", batch_size=batch, length=seq)
     reference = engines.Engine(model, "torch", "fp32")
     data = engines.sample_batch(config, batch, seq)
-    from onebert import runtime as runtimes
 
     def call(engine) -> float:
         start = time.perf_counter()
-        with torch.inference_mode(), runtimes.autocast(cpu, engine.precision) if engine.runtime == "torch" \
-                else torch.autocast("cpu", enabled=False):
+        with torch.inference_mode(), engines.autocast(engine.runtime, cpu, engine.precision):
             engine.model(**data)
         return time.perf_counter() - start
 

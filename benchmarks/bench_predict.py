@@ -119,28 +119,6 @@ def thread_env(threads: int, base: dict[str, str] | None = None) -> dict[str, st
     return env
 
 
-def select_allocator(choice: str, argv: list[str]) -> None:
-    """Re-execute once with the allocator wanted (it must be in place before the process starts)."""
-    from onebert.launcher import find_tcmalloc
-
-    preload = os.environ.get("LD_PRELOAD", "")
-    env = dict(os.environ)
-    if choice in ("auto", "tcmalloc") and "tcmalloc" not in preload:
-        library = find_tcmalloc()
-        if library is None:
-            if choice == "tcmalloc":
-                raise SystemExit("--allocator tcmalloc: libtcmalloc_minimal not found (apt-get install "
-                                 "libtcmalloc-minimal4)")
-            return
-        env["LD_PRELOAD"] = ":".join(p for p in (library, preload) if p)
-    elif choice == "system" and "tcmalloc" in preload:
-        env["LD_PRELOAD"] = ":".join(p for p in preload.split(":") if "tcmalloc" not in p)
-    else:
-        return
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_predict", *argv], env)
-
-
 def machine_header(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     from benchmarks.measure import allocator, cpu_model
 
@@ -398,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.ov_worker:
         return ov_worker(args)
-    select_allocator(args.allocator, argv)
+    from benchmarks.measure import reexec_with_allocator
+
+    reexec_with_allocator(args.allocator, "benchmarks.bench_predict", argv)
     env = thread_env(args.threads)
     os.environ.update({k: env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS",
                                            "TBB_ENABLE_SANITIZERS")})

@@ -437,28 +437,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def select_allocator(choice: str, argv: list[str]) -> None:
-    """Re-execute once with the chosen allocator preloaded (it must be in place before start-up)."""
-    from onebert.launcher import find_tcmalloc
-
-    preload = os.environ.get("LD_PRELOAD", "")
-    has_tcmalloc = "tcmalloc" in preload
-    env = dict(os.environ)
-    if choice in ("auto", "tcmalloc") and not has_tcmalloc:
-        library = find_tcmalloc()
-        if library is None:
-            if choice == "tcmalloc":
-                raise SystemExit("--allocator tcmalloc: libtcmalloc_minimal not found (apt-get install "
-                                 "libtcmalloc-minimal4)")
-            return
-        env["LD_PRELOAD"] = ":".join(p for p in (library, preload) if p)
-    elif choice == "system" and has_tcmalloc:
-        env["LD_PRELOAD"] = ":".join(p for p in preload.split(":") if "tcmalloc" not in p)
-    else:
-        return
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_speed", *argv], env)
-
-
 def plan(args) -> list[Case]:
     cases = []
     for workload in args.workloads:
@@ -490,7 +468,9 @@ def main(argv=None) -> int:
         case = Case(**json.loads(args.probe_case))
         print(json.dumps(probe_memory(case, args.probe_memory, args.device, args.data)))
         return 0
-    select_allocator(args.allocator, argv)
+    from benchmarks.measure import reexec_with_allocator
+
+    reexec_with_allocator(args.allocator, "benchmarks.bench_speed", argv)
 
     from benchmarks.measure import machine_info
 

@@ -119,3 +119,29 @@ def machine_info(device: str) -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def reexec_with_allocator(choice: str, module: str, argv: list[str]) -> None:
+    """Re-execute `python -m module argv` once with the allocator chosen (auto / tcmalloc: preloaded; system:
+    taken out of LD_PRELOAD), since it must be in place before the process starts; return when it already is."""
+    import sys
+
+    from onebert.launcher import find_tcmalloc
+
+    preload = os.environ.get("LD_PRELOAD", "")
+    env = dict(os.environ)
+    if choice in ("auto", "tcmalloc") and "tcmalloc" not in preload:
+        library = find_tcmalloc()
+        if library is None:
+            if choice == "tcmalloc":
+                raise SystemExit("--allocator tcmalloc: libtcmalloc_minimal not found (apt-get install "
+                                 "libtcmalloc-minimal4)")
+            return
+        env["LD_PRELOAD"] = ":".join(p for p in (library, preload) if p)
+    elif choice == "system" and "tcmalloc" in preload:
+        env["LD_PRELOAD"] = ":".join(p for p in preload.split(":") if "tcmalloc" not in p)
+    else:
+        return
+    repo = str(Path(__file__).resolve().parents[1])  # so `-m benchmarks...` is found from any directory
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)

@@ -139,13 +139,17 @@ def _seconds_per_call(call: Callable[[], object], min_seconds: float, clock: Cal
 
 
 def _machine_key(key: Mapping[str, object]) -> str:
+    """The key plus what else decides the answer. The runtimes' versions come from their package metadata:
+    importing onnxruntime and OpenVINO only to read them would cost every command a fraction of a second."""
+    from importlib import metadata
+
     import torch
 
     versions = {"torch": torch.__version__}
-    for module in ("onnxruntime", "openvino"):
+    for package in ("onnxruntime", "openvino"):
         try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - not installed, or broken: either way not a candidate's library
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             continue
     full = {"cpu": cpu_model(), "threads": torch.get_num_threads(), **versions, **dict(key)}
     return json.dumps(full, sort_keys=True, default=str)

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ import torch
 from onebert import autotune, runtime as runtimes
 from onebert.errors import OneBertError
 from onebert.infer import engines
-from tiny_finetune import make_tiny_model
+from tiny_finetune import save_random_heads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,26 +37,12 @@ def own_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def task_models(tmp_path_factory):
-    from onebert.infer.predictor import TaskSpec, load_tokenizer, model_class
-    from onebert.model.config import BertConfig
-    from onebert.train.finetuning import save_model_dir
+    from onebert.infer.predictor import TaskSpec
 
-    root = tmp_path_factory.mktemp("engines")
-    base = make_tiny_model(root / "base")
-    config = BertConfig.load(base)
-    tokenizer = load_tokenizer(base, config)
     specs = {"classification": TaskSpec("classification", labels=["neg", "pos"], max_seq_length=32),
              "ner": TaskSpec("ner", labels=["B-LOC", "B-PER", "I-LOC", "I-PER", "O"], max_seq_length=12),
              "qa": TaskSpec("qa", max_seq_length=32, doc_stride=8, max_query_length=8)}
-    out = {"base": base}
-    for name, spec in specs.items():
-        torch.manual_seed(1)
-        model = model_class(spec.task).from_pretrained(base, config=spec.apply_to(config))
-        for parameter in (model.classifier if hasattr(model, "classifier") else model.qa_outputs).parameters():
-            torch.nn.init.normal_(parameter, std=1.0)
-        save_model_dir(model, tokenizer, spec, root / name)
-        out[name] = root / name
-    return out
+    return save_random_heads(tmp_path_factory.mktemp("engines"), specs)
 
 
 # ----------------------------------------------------------------------------- choosing by measurement

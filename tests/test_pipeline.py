@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_finetune import make_tiny_model
+from tiny_finetune import save_random_heads
 
 import onebert
 from onebert.errors import OneBertError
@@ -25,28 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Randomly initialised heads saved as fine-tuned directories: deterministic outputs to compare."""
-    from onebert.model.config import BertConfig
-    from onebert.infer.predictor import TaskSpec, load_tokenizer, model_class
-    from onebert.train.finetuning import save_model_dir
+    from onebert.infer.predictor import TaskSpec
 
-    root = tmp_path_factory.mktemp("pipeline")
-    base = make_tiny_model(root / "base")
-    config = BertConfig.load(base)
-    tokenizer = load_tokenizer(base, config)
     specs = {"classification": TaskSpec("classification", labels=["neg", "pos"], max_seq_length=32),
              "regression": TaskSpec("classification", regression=True, max_seq_length=32),
              "ner": TaskSpec("ner", labels=["B-LOC", "B-PER", "I-LOC", "I-PER", "O"], max_seq_length=12),
              "qa": TaskSpec("qa", max_seq_length=32, doc_stride=8, max_query_length=8, version_2=True,
                             null_threshold=0.5)}
-    out = {}
-    for name, spec in specs.items():
-        torch.manual_seed(1)
-        model = model_class(spec.task).from_pretrained(base, config=spec.apply_to(config))
-        for parameter in (model.classifier if hasattr(model, "classifier") else model.qa_outputs).parameters():
-            torch.nn.init.normal_(parameter, std=1.0)  # a head with opinions
-        save_model_dir(model, tokenizer, spec, root / name)
-        out[name] = root / name
-    return out
+    return save_random_heads(tmp_path_factory.mktemp("pipeline"), specs)
 
 
 def _same(batched, single):

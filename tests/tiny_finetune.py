@@ -42,6 +42,30 @@ def make_tiny_model(directory: Path, seed: int = 0, max_position_embeddings: int
     return directory
 
 
+def save_random_heads(root: Path, specs: dict, seed: int = 1) -> dict[str, Path]:
+    """Fine-tuned model directories without training: the tiny base (`root/base`) with each TaskSpec's head
+    drawn at std 1.0, so its outputs have opinions (deterministic outputs to compare). name -> directory,
+    and "base" -> the base."""
+    import torch
+
+    from onebert.infer.predictor import load_tokenizer, model_class
+    from onebert.model.config import BertConfig
+    from onebert.train.finetuning import save_model_dir
+
+    base = make_tiny_model(root / "base")
+    config = BertConfig.load(base)
+    tokenizer = load_tokenizer(base, config)
+    out = {"base": base}
+    for name, spec in specs.items():
+        torch.manual_seed(seed)
+        model = model_class(spec.task).from_pretrained(base, config=spec.apply_to(config))
+        for parameter in (model.classifier if hasattr(model, "classifier") else model.qa_outputs).parameters():
+            torch.nn.init.normal_(parameter, std=1.0)  # a head with opinions
+        save_model_dir(model, tokenizer, spec, root / name)
+        out[name] = root / name
+    return out
+
+
 def _sentence(rng: random.Random, length: int) -> list[str]:
     return [rng.choice(FILLER) for _ in range(length)]
 

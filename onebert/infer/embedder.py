@@ -193,13 +193,9 @@ class Embedder:
         return vectors[0] if single else vectors
 
     def autocast(self):
-        import contextlib
+        from onebert.infer import engines
 
-        from onebert import runtime
-
-        if self.runtime != "torch":
-            return contextlib.nullcontext()  # an export computes in the precision it was compiled for
-        return runtime.autocast(self.device, self.precision)
+        return engines.autocast(self.runtime, self.device, self.precision)
 
     def encode_result(self, texts: Sequence[str], batch_size: int = 32, progress: bool | None = False, *,
                       pooling: str | None = None, normalize: bool | None = None) -> EmbeddingResult:

@@ -30,6 +30,7 @@ atomically, and checked against PyTorch before first use, so a later run loads t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -50,8 +51,6 @@ _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 EXPORT_ATOL = 1e-3
 # Bump when the exported graph changes for the same weights, so old cached exports are not reused.
 EXPORT_VERSION = 1
-OUTPUT_ATTRIBUTES = ("logits", "start_logits", "end_logits", "last_hidden_state", "pooler_output",
-                     "prediction_logits", "seq_relationship_logits")
 
 
 @dataclass
@@ -62,10 +61,6 @@ class Engine:
     runtime: str
     precision: str
     reason: str = ""  # why this one (auto: the measurement), for the commands' log line
-
-    @property
-    def describe(self) -> str:
-        return f"{self.runtime} {self.precision}" + (f": {self.reason}" if self.reason else "")
 
 
 @dataclass
@@ -91,7 +86,6 @@ class ExportedModel:
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
     torch_model: Any  # for config, pooler and anything a caller inspects
     path: Path
-    names: tuple[str, ...] = field(default=())
     pre_hooks: list[Callable[..., object]] = field(default_factory=list)
 
     @property
@@ -121,8 +115,9 @@ class ExportedModel:
                   "token_type_ids": (np.zeros_like(ids) if token_type_ids is None
                                      else token_type_ids.cpu().numpy().astype(np.int64, copy=False))}
         outputs = self.run(inputs)
+        known = {f.name for f in dataclasses.fields(ExportedOutput)}
         return ExportedOutput(**{name: torch.from_numpy(np.asarray(value)) for name, value in outputs.items()
-                                 if name in OUTPUT_ATTRIBUTES})
+                                 if name in known})
 
 
 def tcmalloc_preloaded() -> bool:
@@ -273,7 +268,7 @@ def exported(model, runtime: str, precision: str, threads: int, log: Callable[[s
         # CACHE_DIR: OpenVINO keeps the compiled model there and a later run loads it instead of compiling.
         run = export.openvino_runner(path, {"fp32": "f32", "bf16": "bf16"}[precision], threads=threads,
                                      cache=cache_dir() / "openvino")
-    return ExportedModel(run=run, torch_model=model, path=path, names=export.output_names(model))
+    return ExportedModel(run=run, torch_model=model, path=path)
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -322,7 +317,6 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
     import torch
 
     from onebert import autotune
-    from onebert import runtime as runtimes
 
     pairs = candidates(runtime, precision, device, purpose)
     threads = torch.get_num_threads()
@@ -351,8 +345,7 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
 
     def timed(engine: Engine) -> Callable[[], object]:
         def call():
-            with torch.inference_mode(), runtimes.autocast(device, engine.precision) if engine.runtime == "torch" \
-                    else contextlib.nullcontext():
+            with torch.inference_mode(), autocast(engine.runtime, device, engine.precision):
                 return engine.model(**batch)
         return call
 
@@ -360,6 +353,14 @@ def select(model, device, *, runtime: str = "auto", precision: str = "auto", pur
     chosen = engines[choice.name]
     chosen.reason = f"auto: fastest here for batch {batch_size} x {key['length']} tokens, {choice.explain()}"
     return chosen
+
+
+def autocast(runtime: str, device, precision: str) -> contextlib.AbstractContextManager:
+    """The context an engine's call runs in: torch's autocast for PyTorch; nothing for an export, which
+    computes in the precision it was compiled for."""
+    from onebert import runtime as runtimes
+
+    return runtimes.autocast(device, precision) if runtime == "torch" else contextlib.nullcontext()
 
 
 def ran_on(model) -> str:
@@ -372,4 +373,4 @@ def stderr_log(message: str) -> None:
 
 
 __all__ = ["Engine", "ExportedModel", "ExportedOutput", "RUNTIMES", "PRECISIONS", "SUPPORTED", "available",
-           "candidates", "select", "onnx_export", "int8_export", "fingerprint", "ran_on", "stderr_log"]
+           "candidates", "select", "onnx_export", "int8_export", "fingerprint", "autocast", "ran_on", "stderr_log"]

@@ -127,11 +127,9 @@ class Predictor:
                    engine_reason=engine.reason, torch_model=model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        from onebert import runtime
+        from onebert.infer import engines
 
-        if self.runtime != "torch":
-            return contextlib.nullcontext()  # an export computes in the precision it was compiled for
-        return runtime.autocast(self.device, self.precision)
+        return engines.autocast(self.runtime, self.device, self.precision)
 
     def predict(self, examples: Sequence[Any]) -> list[Any]:
         """Task predictions (ClassificationPrediction / NerPrediction / QAPrediction), one per example."""

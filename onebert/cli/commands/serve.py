@@ -88,12 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
 def engine_line(state) -> str:
     """What runs each endpoint's model (runtime and precision, and why when auto chose)."""
-    parts = []
+    from onebert.infer.engines import ran_on
+
     predictor = getattr(getattr(state, "predict_batcher", None), "process", None)
     inner = getattr(getattr(predictor, "pipeline", None), "predictor", None)
-    if inner is not None:
-        parts.append(f"/predict on {inner.runtime} {inner.precision}" + (f" ({inner.engine_reason})" if inner.engine_reason else ""))
-    embedder = state.embedder
-    parts.append(f"/embed on {embedder.runtime} {embedder.precision}"
-                 + (f" ({embedder.engine_reason})" if embedder.engine_reason else ""))
-    return "; ".join(parts)
+    parts = [] if inner is None else [f"/predict {ran_on(inner)}"]
+    return "; ".join([*parts, f"/embed {ran_on(state.embedder)}"])

@@ -314,3 +314,10 @@ def test_auto_leaves_out_a_runtime_that_cannot_run_the_model(task_models, monkey
     assert any("leaving out onnxruntime fp32" in line for line in said) or not engines.available("onnxruntime")
     with pytest.raises(OneBertError, match="--runtime onnxruntime: cannot run this model"):
         Predictor.load(task_models["classification"], runtime="onnxruntime", precision="fp32")
+
+
+def test_the_cli_offers_what_the_engines_take():
+    """onebert/cli/options.py spells the choices out (it imports nothing heavy); they must stay the engines'."""
+    from onebert.cli import options
+
+    assert options.RUNTIMES == engines.RUNTIMES and options.INFERENCE_PRECISIONS == engines.PRECISIONS

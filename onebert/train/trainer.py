@@ -92,7 +92,7 @@ class Trainer:
             self._wrap_model()
             self.options = self._announce(options, notes)
         except BaseException:
-            _closing(self._first_batches or iter(())).__exit__(None, None, None)
+            _close(self._first_batches)
             raise
         self.log = MetricsLog(self.run_dir, enabled=dist.is_main, resume_step=self.step if self.resumed else None)
         self.progress = Progress(config.max_steps if config.max_time is None else self.schedule.total_steps,
@@ -210,7 +210,7 @@ class Trainer:
             first = next(stream)
             self.precision, self.precision_note = measure(self.task, self.model, first, self.device, self.dist)
         except BaseException:
-            _closing(stream).__exit__(None, None, None)
+            _close(stream)
             raise
         self.counters["precision"] = self.precision
         return with_first(first, stream)
@@ -312,6 +312,13 @@ class Trainer:
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "ranks": ranks,
                  "trainer": dict(self.counters), "options": options}
         return ckpt.save_checkpoint(self.run_dir, self.step, state, self.config.keep_last)
+
+
+def _close(batches: Iterator[Batch] | None) -> None:
+    """Close a batch stream now (its prefetch thread with it), as `_closing` does on leaving its block."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
 
 
 def _closing(batches: Iterator[Batch]) -> contextlib.AbstractContextManager:
